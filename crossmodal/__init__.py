@@ -1,0 +1,1 @@
+"""crossmodal: JAX/Flax cross-modal learning."""

@@ -1,0 +1,266 @@
+"""Config validation, preset-argument parsing and config files in the workdir.
+
+`validate(config)` runs before anything is built (no model, no data, no compile), so a typo
+or an out-of-range value costs a second, not a compile. Every message names the option as it
+is written on the command line (`config.optim.name`) and lists the valid choices.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+OPTIMIZERS = ('adamw', 'sgd', 'rmsprop')
+SCHEDULES = ('cosine', 'constant')
+PARALLEL_MODES = ('jit', 'pmap')
+SYNC_CHOICES = ('auto', 'on', 'off')
+DTYPES = ('float32', 'bfloat16')
+MODALITIES = ('image', 'audio', 'text')
+EVAL_SPLITS = ('validation', 'test')
+BEST_METRICS = ('accuracy', 'macro_f1', 'loss')
+
+
+class ConfigError(ValueError):
+  """A config value is missing, has the wrong type or is out of range."""
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses a preset string 'fusion=crossattn,image=lenet' against typed defaults.
+
+  Each value is converted to the type of its default (bool accepts true/false/1/0, tuples are
+  '+'-separated: 'modalities=image+audio'). Unknown keys and unconvertible values raise
+  ConfigError listing the valid keys.
+  """
+  out = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return out
+  for item in arg.split(','):
+    item = item.strip()
+    if not item:
+      continue
+    if '=' not in item:
+      raise ConfigError(f'config argument {item!r} is not key=value; valid keys: '
+                        f'{sorted(defaults)} (e.g. "{_example(defaults)}")')
+    key, value = (s.strip() for s in item.split('=', 1))
+    if key not in defaults:
+      raise ConfigError(f'unknown config argument {key!r}; valid keys: {sorted(defaults)}')
+    out[key] = _convert(key, value, defaults[key])
+  return out
+
+
+def _example(defaults: dict[str, Any]) -> str:
+  return ','.join(f'{k}={_fmt(v)}' for k, v in list(defaults.items())[:2])
+
+
+def _fmt(v: Any) -> str:
+  return '+'.join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def _convert(key: str, value: str, default: Any) -> Any:
+  try:
+    if isinstance(default, bool):
+      if value.lower() in ('true', '1', 'yes'):
+        return True
+      if value.lower() in ('false', '0', 'no'):
+        return False
+      raise ValueError(value)
+    if isinstance(default, int):
+      return int(value)
+    if isinstance(default, float):
+      return float(value)
+    if isinstance(default, tuple):
+      return tuple(s for s in value.split('+') if s)
+  except ValueError:
+    raise ConfigError(f'config argument {key}={value!r}: expected {type(default).__name__} '
+                      f'like {_fmt(default)!r}') from None
+  return value
+
+
+_MISSING = object()
+
+
+class _Errors:
+  """Collects every problem so the user sees them all at once."""
+
+  def __init__(self, config: Any):
+    self.config = config
+    self.messages: list[str] = []
+
+  def get(self, path: str) -> Any:
+    node = self.config
+    for part in path.split('.'):
+      try:
+        node = node[part]
+      except (KeyError, AttributeError, TypeError):
+        self.messages.append(f'config.{path} is missing')
+        return _MISSING
+    return node
+
+  def check(self, path: str, ok, why: str, choices: Iterable[Any] | None = None) -> None:
+    value = self.get(path)
+    if value is _MISSING:
+      return
+    try:
+      good = ok(value)
+    except TypeError:
+      good = False
+    if not good:
+      msg = f'config.{path}={value!r}: {why}'
+      if choices is not None:
+        msg += f'; valid choices: {tuple(choices)}'
+      self.messages.append(msg)
+
+
+def _number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(config: Any, device_count: int | None = None,
+             process_count: int | None = None) -> None:
+  """Raises ConfigError listing every invalid option of a resolved config.
+
+  `device_count` / `process_count` (the global device and process counts; pass
+  `jax.device_count()` / `jax.process_count()`) enable the batch divisibility checks.
+  """
+  e = _Errors(config)
+  e.check('seed', lambda v: _int(v) and v >= 0, 'must be an int >= 0')
+
+  # Data: batch sizes must split evenly over processes and devices.
+  for key in ('global_batch_size', 'eval_batch_size'):
+    e.check(f'data.{key}', lambda v: _int(v) and v > 0, 'must be a positive int')
+    size = e.get(f'data.{key}')
+    if _int(size) and size > 0:
+      for n, what in ((device_count, 'device count'), (process_count, 'process count')):
+        if n and size % n:
+          e.messages.append(f'config.data.{key}={size} must be divisible by the {what} '
+                            f'({n}); e.g. {max(n, size // n * n)}')
+
+  # Model (the model module checks its encoder/fusion sub-configs when it builds them).
+  e.check('model.modalities',
+          lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(MODALITIES),
+          'must be a non-empty tuple of distinct modalities', MODALITIES)
+  e.check('model.dim', lambda v: _int(v) and v > 0, 'must be a positive int')
+  model = e.get('model')
+  if isinstance(model, (dict, ml_collections.ConfigDict)) and 'dropout' in model:
+    e.check('model.dropout', lambda v: _number(v) and 0 <= v < 1, 'must be in [0, 1)')
+
+  # Optimizer.
+  e.check('optim.name', lambda v: v in OPTIMIZERS, 'unknown optimizer', OPTIMIZERS)
+  e.check('optim.schedule', lambda v: v in SCHEDULES, 'unknown schedule', SCHEDULES)
+  e.check('optim.lr', lambda v: _number(v) and v > 0, 'must be a positive number')
+  e.check('optim.warmup_steps', lambda v: _int(v) and v >= 0, 'must be an int >= 0')
+  e.check('optim.end_lr_ratio', lambda v: _number(v) and 0 <= v <= 1, 'must be in [0, 1]')
+  e.check('optim.weight_decay', lambda v: _number(v) and v >= 0, 'must be >= 0')
+  e.check('optim.grad_clip', lambda v: _number(v) and v >= 0,
+          'must be >= 0 (0 disables clipping)')
+  e.check('optim.accum_steps', lambda v: _int(v) and v >= 1, 'must be an int >= 1')
+  for key in ('momentum', 'b1', 'b2', 'rms_decay'):
+    e.check(f'optim.{key}', lambda v: _number(v) and 0 <= v < 1, 'must be in [0, 1)')
+  e.check('optim.eps', lambda v: _number(v) and v > 0, 'must be a positive number')
+
+  # Training loop.
+  e.check('train.num_steps', lambda v: _int(v) and v > 0, 'must be a positive int')
+  e.check('train.log_every', lambda v: _int(v) and v > 0, 'must be a positive int')
+  e.check('train.eval_every', lambda v: _int(v) and v >= 0,
+          'must be an int >= 0 (0 = evaluate only at the end)')
+  e.check('train.checkpoint_every', lambda v: _int(v) and v >= 0,
+          'must be an int >= 0 (0 = checkpoint only at evaluations and the end)')
+  e.check('train.keep_checkpoints', lambda v: _int(v) and v >= 1, 'must be an int >= 1')
+  e.check('train.async_checkpoints', lambda v: isinstance(v, bool), 'must be True or False')
+  e.check('train.parallel', lambda v: v in PARALLEL_MODES, 'unknown parallel mode',
+          PARALLEL_MODES)
+  e.check('train.sync_every_step', lambda v: v in SYNC_CHOICES, 'unknown setting',
+          SYNC_CHOICES)
+  e.check('train.dtype', lambda v: v in DTYPES, 'unsupported compute dtype', DTYPES)
+  e.check('train.eval_splits', lambda v: set(v) <= set(EVAL_SPLITS) and len(v) > 0,
+          'must be a non-empty subset', EVAL_SPLITS)
+  e.check('train.best_metric', lambda v: v in BEST_METRICS, 'unknown metric', BEST_METRICS)
+  e.check('train.max_eval_batches', lambda v: _int(v) and v >= 0,
+          'must be an int >= 0 (0 = the whole split)')
+  accum = e.get('optim.accum_steps')
+  steps = e.get('train.num_steps')
+  if _int(accum) and _int(steps) and accum >= 1 and steps % accum:
+    e.messages.append(f'config.train.num_steps={steps} must be a multiple of '
+                      f'config.optim.accum_steps={accum} (every update sees a full set)')
+  if e.messages:
+    messages = list(dict.fromkeys(e.messages))
+    raise ConfigError('invalid config:\n  ' + '\n  '.join(messages))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+  """Plain-JSON dict of a ConfigDict (tuples become lists)."""
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def write_config(config: Any, workdir: str) -> str:
+  """Writes the resolved config to `<workdir>/config.json` and returns the path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'config.json')
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(to_dict(config), f, indent=2, sort_keys=True)
+    f.write('\n')
+  return path
+
+
+def check_overrides(config: Any, overrides: Iterable[str]) -> None:
+  """Checks dotted override paths ('optim.lr') exist, naming the valid keys where one doesn't.
+
+  ml_collections reports an unknown override as a bare KeyError deep in flag parsing; this
+  gives the user the level of the config that exists and what it contains.
+  """
+  for path in overrides:
+    node, walked = config, 'config'
+    for part in path.split('.'):
+      keys = _keys(node)
+      if keys is None or part not in keys:
+        valid = sorted(keys) if keys is not None else []
+        raise ConfigError(f'--config.{path}: {walked} has no field {part!r}; valid fields of '
+                          f'{walked}: {valid}')
+      node, walked = node[part], f'{walked}.{part}'
+
+
+def _keys(node: Any) -> list[str] | None:
+  if isinstance(node, (ml_collections.ConfigDict, dict)):
+    return list(node.keys())
+  return None
+
+
+# ----------------------------------------------------------------------------- shared defaults
+# Experiment files start from these so every config has every field `validate` checks.
+
+
+def optim_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """config.optim defaults (AdamW, warmup + cosine); see crossmodal/optim.py."""
+  c = ml_collections.ConfigDict(dict(
+      name='adamw', lr=1e-3, schedule='cosine', warmup_steps=0, end_lr_ratio=0.0,
+      weight_decay=1e-4, grad_clip=0.0, accum_steps=1,
+      momentum=0.9,  # sgd / rmsprop (0 = none)
+      b1=0.9, b2=0.999, eps=1e-8,  # adamw (eps also rmsprop)
+      rms_decay=0.9))
+  c.update(overrides)
+  return c
+
+
+def train_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """config.train defaults; see crossmodal/train.py."""
+  c = ml_collections.ConfigDict(dict(
+      num_steps=1000, log_every=50, eval_every=500,
+      checkpoint_every=500,  # 0 = only at evaluations and the end
+      keep_checkpoints=2,  # the last K, plus the best by validation `best_metric`
+      async_checkpoints=True,
+      best_metric='accuracy',  # on the validation split; 'loss' is minimised
+      eval_splits=('validation', 'test'),
+      max_eval_batches=0,  # 0 = whole split
+      parallel='jit',  # or 'pmap'
+      sync_every_step='auto',  # 'auto' = block on each step's loss on CPU only (NOTES.md)
+      dtype='float32',  # compute dtype; 'bfloat16' keeps params/optimizer state float32
+  ))
+  c.update(overrides)
+  return c

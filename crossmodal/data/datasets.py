@@ -1,0 +1,93 @@
+"""One entry point from `config.data` to a random-access source and its metadata.
+
+Training and evaluation call `get_source(config.data, split)` and `dataset_info(config.data)`
+and never name a dataset module, so adding a dataset is one entry in `_DATASETS`. Dataset
+modules are imported lazily: the AV-MNIST builder pulls in tensorflow_datasets, which runs on
+synthetic data do not need.
+
+Config fields read: `name`; for 'avmnist' `builder_config` (default 'pca'), `data_dir`,
+`manual_dir`; for 'synthetic' the optional sub-config `synthetic` (fields of
+`synthetic.SyntheticParams`, defaults when absent).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+AVMNIST_MODALITIES = ('image', 'audio')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and the loop need to know before reading any data."""
+  name: str
+  num_classes: int
+  modalities: tuple[str, ...]
+  split_sizes: Mapping[str, int]
+
+
+def _get(data_config, key: str, default: Any = None) -> Any:
+  return data_config.get(key, default) if hasattr(data_config, 'get') else getattr(
+      data_config, key, default)
+
+
+def _avmnist_source(data_config, split: str):
+  from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
+  return avmnist.get_data_source(split, config=_get(data_config, 'builder_config', 'pca'),
+                                 data_dir=_get(data_config, 'data_dir'),
+                                 manual_dir=_get(data_config, 'manual_dir'))
+
+
+def _avmnist_info(data_config) -> DatasetInfo:
+  # The prepared dataset_info.json holds the split sizes (subset builds are smaller), so
+  # nothing is read from the records; get_source prepares the dataset on first use.
+  from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
+  builder_config = _get(data_config, 'builder_config', 'pca')
+  data_dir = _get(data_config, 'data_dir')
+  builder = avmnist.get_builder(builder_config, data_dir=data_dir)
+  splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+  if not splits:
+    raise FileNotFoundError(
+        f'avmnist/{builder.builder_config.name} is not prepared in data_dir={data_dir!r} '
+        '(config.data.data_dir): open a split with get_source first or run '
+        'scripts/prepare_data.py')
+  num_classes = builder.info.features['label'].num_classes
+  return DatasetInfo('avmnist', num_classes, AVMNIST_MODALITIES, splits)
+
+
+def _synthetic_source(data_config, split: str):
+  from crossmodal.data import synthetic  # pylint: disable=import-outside-toplevel
+  return synthetic.get_data_source(split, _get(data_config, 'synthetic'))
+
+
+def _synthetic_info(data_config) -> DatasetInfo:
+  from crossmodal.data import synthetic  # pylint: disable=import-outside-toplevel
+  p = synthetic.SyntheticParams.from_config(_get(data_config, 'synthetic'))
+  return DatasetInfo('synthetic', p.num_classes, p.modalities,
+                     {split: p.split_size(split) for split in synthetic.SPLITS})
+
+
+_DATASETS: dict[str, tuple[Callable[[Any, str], Any], Callable[[Any], DatasetInfo]]] = {
+    'avmnist': (_avmnist_source, _avmnist_info),
+    'synthetic': (_synthetic_source, _synthetic_info),
+}
+DATASET_NAMES = tuple(_DATASETS)
+
+
+def _lookup(data_config):
+  name = _get(data_config, 'name')
+  if name not in _DATASETS:
+    raise ValueError(f'config.data.name={name!r} is not a known dataset; valid names: '
+                     f'{", ".join(DATASET_NAMES)}')
+  return _DATASETS[name]
+
+
+def get_source(data_config, split: str):
+  """Random-access source (`len`, `[i]` -> dict of numpy arrays) for `split`."""
+  return _lookup(data_config)[0](data_config, split)
+
+
+def dataset_info(data_config) -> DatasetInfo:
+  """Number of classes, available modalities and split sizes of the configured dataset."""
+  return _lookup(data_config)[1](data_config)

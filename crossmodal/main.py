@@ -1,0 +1,195 @@
+r"""Entry point: train and/or evaluate an experiment config in a workdir.
+
+  python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn \
+      --workdir=runs/avmnist_crossattn --config.optim.lr=3e-4 --mode=train_and_eval
+
+--config takes `path[:arg]`; the part after ':' goes to the file's get_config(arg) (presets).
+Any field can then be overridden with --config.<dotted.path>=value. A wrong key, a value of the
+wrong type or out of range stops here, before data, model or compile, naming the valid choices.
+
+Modes: train (the loop, with periodic evaluation), eval (evaluate --checkpoint=latest|best|<step>
+of the workdir), train_and_eval (train, then evaluate the best-by-validation checkpoint).
+Starting again on the same workdir resumes from its latest checkpoint.
+
+Multi-host: pass --num_processes/--process_id/--coordinator_address (or the JAX_* environment
+variables); on a Cloud TPU VM slice nothing is needed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import sys
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from crossmodal import config_utils
+
+MODES = ('train', 'eval', 'train_and_eval')
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, `path[:arg]` (arg goes to get_config).',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, config.')
+_MODE = flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to run.')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', 'best', "eval mode: which checkpoint, 'latest', 'best' or a step number.")
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-process: host:port of process 0 (jax.distributed).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+SYNTHETIC_COMMAND = ('python -m crossmodal.main --config=experiments/synthetic.py '
+                     '--workdir=runs/synthetic')
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _load_config_file(spec: str):
+  """get_config(arg) of `path[:arg]`, loaded the way config_flags does (for error reports)."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_crossmodal_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl parsing with readable config errors (unknown override keys list the valid ones)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, config_utils.ConfigError):
+      _fail(str(e))
+    spec = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), None)
+    overrides = [a[len('--config.'):].split('=', 1)[0] for a in argv[1:]
+                 if a.startswith('--config.')]
+    if spec is not None:
+      try:
+        config = _load_config_file(spec)
+      except config_utils.ConfigError as load_error:
+        _fail(f'--config={spec}: {load_error}')
+      except Exception:  # pylint: disable=broad-except
+        config = None  # The original error below says what is wrong with the file.
+      if config is not None:
+        try:
+          config_utils.check_overrides(config, overrides)
+        except config_utils.ConfigError as key_error:
+          _fail(str(key_error))
+    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    _fail(f'{message}\nRun with --helpfull for all flags.')
+  return []  # unreachable
+
+
+def _data_missing_help(config, error: Exception | str) -> str:
+  from crossmodal.data import sources  # pylint: disable=g-import-not-at-top
+  return (
+      f'{error}\n\n'
+      f'The {config.data.name!r} data is not available on this machine and cannot be '
+      'downloaded. Either put the raw sources at '
+      f'{sources.default_shared_dir()} (or any directory given by --config.data.manual_dir=DIR '
+      f'or ${sources.ENV_VAR}) in this layout:\n  {sources.LAYOUT_HELP}\n'
+      'or try the pipeline without any data with the synthetic config:\n'
+      f'  {SYNTHETIC_COMMAND}')
+
+
+def _internet_available(host: str = 'storage.googleapis.com', timeout: float = 5.0) -> bool:
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def check_data_available(config) -> None:
+  """Fails fast when AV-MNIST is neither prepared, nor available locally, nor downloadable.
+
+  Without this, TFDS would retry the download for minutes before failing.
+  """
+  if config.data.name != 'avmnist':
+    return
+  from crossmodal.data import avmnist  # pylint: disable=g-import-not-at-top
+  from crossmodal.data import sources  # pylint: disable=g-import-not-at-top
+  builder = avmnist.get_builder(config.data.builder_config, data_dir=config.data.data_dir)
+  if builder.is_prepared():
+    return
+  if sources.resolve_manual_dir(config.data.manual_dir) is None and not _internet_available():
+    _fail(_data_missing_help(
+        config, f'AV-MNIST ({config.data.builder_config}) is not prepared in '
+        f'{builder.data_dir}, no source directory was found and there is no internet.'))
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {list(argv[1:])}; options are --flag=value')
+  # jax is imported only now: initialize_distributed must precede any other JAX call.
+  from crossmodal import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  import jax  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  try:
+    config_utils.validate(config, jax.device_count(), jax.process_count())
+  except config_utils.ConfigError as e:
+    _fail(str(e))
+  except OSError as e:  # config_flags defers "cannot load the config file" to first use
+    _fail(str(e))
+
+  from crossmodal import checkpointing  # pylint: disable=g-import-not-at-top
+  from crossmodal import train  # pylint: disable=g-import-not-at-top
+  from crossmodal.data import sources  # pylint: disable=g-import-not-at-top
+  workdir = _WORKDIR.value
+  which = _CHECKPOINT.value
+  checkpoint = int(which) if which.isdigit() else which
+  if checkpoint not in ('latest', 'best') and not isinstance(checkpoint, int):
+    _fail(f"--checkpoint={which!r}; valid choices: 'latest', 'best' or a step number")
+  if checkpoint == 'best' and 'validation' not in config.train.eval_splits:
+    checkpoint = 'latest'  # no validation metric, so no best checkpoint
+  try:
+    check_data_available(config)
+  except sources.SourceError as e:
+    _fail(_data_missing_help(config, e))
+  logging.info('workdir %s, mode %s, %d devices over %d processes', workdir, _MODE.value,
+               jax.device_count(), jax.process_count())
+  try:
+    if _MODE.value in ('train', 'train_and_eval'):
+      result = train.train_and_evaluate(config, workdir)
+      if result.preempted:
+        print(f'preempted: saved step {result.step} in {workdir}; run the same command again '
+              'to resume', flush=True)
+        return
+      _report(f'trained to step {result.step}', result.metrics)
+    if _MODE.value in ('eval', 'train_and_eval'):
+      _report(f'evaluated the {which} checkpoint', train.evaluate(config, workdir, checkpoint))
+  except sources.SourceError as e:
+    _fail(_data_missing_help(config, e))
+  except (checkpointing.WorkdirLockedError, train.NonFiniteLossError,
+          config_utils.ConfigError) as e:
+    _fail(str(e))
+  except FileNotFoundError as e:
+    if _MODE.value == 'eval':
+      _fail(f'{e}\nTrain first: --mode=train_and_eval with the same --workdir.')
+    raise
+
+
+def _report(what: str, metrics: dict) -> None:
+  """One readable summary line per split on the console (details are in metrics.jsonl)."""
+  logging.info('%s', what)
+  for split, m in metrics.items():
+    summary = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}
+    print(f'{what}: {split}: {json.dumps(summary)}', flush=True)
+
+
+def run() -> None:
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,1 @@
+"""Encoders, attention, fusion and the full model."""

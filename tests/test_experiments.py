@@ -1,0 +1,103 @@
+"""Every experiment config in experiments/*.py imports, validates, and trains a few steps.
+
+Configs keep their model; only the run is shortened (steps, batch sizes, eval batches). AV-MNIST
+runs on a real prefix subset of each split, built by the real TFDS builder from ../shared/data
+into a temporary data_dir (`builder_config='<variant>_n64'`).
+"""
+import glob
+import importlib.util
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from crossmodal import config_utils
+from crossmodal import metrics as metrics_lib
+from crossmodal import train
+from crossmodal.data import sources
+from crossmodal.models import fusion as fusion_lib
+from crossmodal.models import model as model_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, 'experiments', '*.py')))
+SUBSET = 64
+
+
+def load(path):
+  spec = importlib.util.spec_from_file_location(f'experiment_{os.path.basename(path)[:-3]}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def shorten(config, tfds_dir):
+  """A few steps of the same model on a little data."""
+  config.train.update(num_steps=2, log_every=1, eval_every=0, checkpoint_every=0,
+                      max_eval_batches=1)
+  config.data.global_batch_size = 8 * jax.device_count()
+  config.data.eval_batch_size = 8 * jax.device_count()
+  if config.data.name == 'avmnist':
+    config.data.builder_config = f'{config.data.builder_config}_n{SUBSET}'
+    config.data.data_dir = str(tfds_dir)
+  elif config.data.name == 'synthetic':
+    config.data.synthetic.update(num_train=64, num_validation=16, num_test=16)
+  return config
+
+
+def test_experiment_files_found():
+  names = {os.path.basename(p) for p in EXPERIMENTS}
+  assert {'synthetic.py', 'avmnist.py'} <= names
+
+
+@pytest.mark.parametrize('path', EXPERIMENTS, ids=os.path.basename)
+def test_default_config_is_valid_and_documented(path):
+  module = load(path)
+  assert 'python -m crossmodal.main --config=experiments/' in module.__doc__
+  config = module.get_config()
+  config_utils.validate(config, device_count=1, process_count=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', EXPERIMENTS, ids=os.path.basename)
+def test_experiment_trains_a_few_steps(path, tmp_path_factory):
+  config = load(path).get_config()
+  if config.data.name == 'avmnist' and sources.resolve_manual_dir() is None:
+    pytest.fail(f'AV-MNIST sources not found at {sources.default_shared_dir()} '
+                f'(or ${sources.ENV_VAR}); they are required for this test')
+  config = shorten(config, tmp_path_factory.mktemp('tfds'))
+  workdir = str(tmp_path_factory.mktemp('run') / 'w')
+  result = train.train_and_evaluate(config, workdir)
+  assert result.step == 2
+  records = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  train_losses = [r['loss'] for r in records if r['split'] == 'train']
+  assert len(train_losses) == 2 and np.all(np.isfinite(train_losses))
+  for split in config.train.eval_splits:
+    assert result.metrics[split]['num_examples'] > 0
+    assert np.isfinite(result.metrics[split]['loss'])
+
+
+@pytest.mark.parametrize('fusion', sorted(fusion_lib.FUSIONS))
+def test_avmnist_fusion_presets_build(fusion):
+  config = load(os.path.join(REPO, 'experiments', 'avmnist.py')).get_config(f'fusion={fusion}')
+  config_utils.validate(config, device_count=1, process_count=1)
+  assert config.model.fusion.type == fusion
+  model_lib.build_model(config.model, 10)
+
+
+@pytest.mark.parametrize('arg,modalities', [('modalities=image', ('image',)),
+                                            ('modalities=audio', ('audio',)),
+                                            ('image=vit,audio=ast', ('image', 'audio'))])
+def test_avmnist_unimodal_and_encoder_presets(arg, modalities):
+  config = load(os.path.join(REPO, 'experiments', 'avmnist.py')).get_config(arg)
+  assert tuple(config.model.modalities) == modalities
+  assert set(config.model.encoders) == set(modalities)
+  model_lib.build_model(config.model, 10)
+
+
+def test_avmnist_bad_preset_lists_choices():
+  module = load(os.path.join(REPO, 'experiments', 'avmnist.py'))
+  with pytest.raises(config_utils.ConfigError, match=r"fusion='attn'; valid choices: \("):
+    module.get_config('fusion=attn')
+  with pytest.raises(config_utils.ConfigError, match=r"variant='noisy'; valid choices"):
+    module.get_config('variant=noisy')
