@@ -145,6 +145,10 @@ def main(argv: Sequence[str]) -> None:
   from crossmodal import checkpointing  # pylint: disable=g-import-not-at-top
   from crossmodal import train  # pylint: disable=g-import-not-at-top
   from crossmodal.data import sources  # pylint: disable=g-import-not-at-top
+  try:
+    train.check_buildable(config)  # model and dataset options, before any data is touched
+  except (ValueError, TypeError) as e:
+    _fail(str(e))
   workdir = _WORKDIR.value
   which = _CHECKPOINT.value
   checkpoint = int(which) if which.isdigit() else which

@@ -117,6 +117,27 @@ class MetricWriter:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(logdir=os.path.join(workdir, 'tensorboard'))
 
+  def discard_after(self, step: int) -> None:
+    """Drops records of steps after `step` (and a line cut short by a crash) from
+    metrics.jsonl, so a run resumed from the checkpoint at `step` logs each step once."""
+    if not self.enabled:
+      return
+    path = self._jsonl.name
+    self._jsonl.close()
+    kept = []
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if record.get('step', 0) <= step:
+          kept.append(line if line.endswith('\n') else line + '\n')
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      f.writelines(kept)
+    os.replace(path + '.tmp', path)
+    self._jsonl = open(path, 'a', encoding='utf-8')
+
   def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return

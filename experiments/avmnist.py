@@ -9,6 +9,7 @@ Presets (after ':', comma-separated), e.g. --config=experiments/avmnist.py:fusio
   modalities=image+audio | image | audio   (single-modality baselines)
   image=lenet|cnn|vit, audio=lenet|ast     encoders (MultiBench LeNets by default)
   variant=pca|clean    image variant (pca: CentralNet/MFAS protocol, 25% of the energy kept)
+  snr=<dB>|clean       white noise added to the audio at this SNR (default SNR_DB below)
   subset=<n>           use only the first n examples of each split (0 = all; for quick checks)
   steps=<n>            training steps (default 2000, about 2.3 epochs of batch 64)
 Any field can still be overridden, e.g. --config.optim.lr=3e-4 --config.data.data_dir=/data/tfds.
@@ -24,17 +25,28 @@ from crossmodal.models import fusion as fusion_lib
 from crossmodal.models import model as model_lib
 
 VARIANTS = ('pca', 'clean')
+SNR_DB = 'clean'
+# Fusions that attend over tokens. The LeNets' final maps are 1x1 (one token), so for these the
+# tokens come from an earlier stage: image 3x3x24 (9 tokens), audio 6x4x96 (24 tokens).
+TOKEN_FUSIONS = ('crossattn', 'joint', 'bottleneck')
+LENET_TOKEN_STAGES = {'image': 2, 'audio': 3}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_utils.parse_arg(arg, fusion='concat', modalities=('image', 'audio'), image='lenet',
-                             audio='lenet', variant='pca', subset=0, steps=2000)
+                             audio='lenet', variant='pca', snr=SNR_DB, subset=0, steps=2000)
   _check('fusion', a.fusion, tuple(fusion_lib.FUSIONS))
   _check('image', a.image, tuple(encoders_lib.ENCODERS['image']))
   _check('audio', a.audio, tuple(encoders_lib.ENCODERS['audio']))
   _check('variant', a.variant, VARIANTS)
   for m in a.modalities:
     _check('modalities', m, ('image', 'audio'))
+  if a.snr != 'clean':
+    try:
+      float(a.snr)
+    except ValueError:
+      raise config_utils.ConfigError(
+          f"avmnist.py: snr={a.snr!r}; valid choices: 'clean' or a number of dB") from None
   if a.subset < 0 or a.steps < 1:
     raise config_utils.ConfigError(f'avmnist.py: subset={a.subset} must be >= 0 and '
                                    f'steps={a.steps} >= 1')
@@ -44,7 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name='avmnist',
       # TFDS builder config: the variant, plus '_n<k>' for a prefix subset of every split.
-      builder_config=a.variant + (f'_n{a.subset}' if a.subset else ''),
+      builder_config=(a.variant + ('' if a.snr == 'clean' else f'_snr{float(a.snr):g}')
+                      + (f'_n{a.subset}' if a.subset else '')),
       data_dir=ml_collections.FieldReference(None, field_type=str),  # None: ~/tensorflow_datasets
       manual_dir=ml_collections.FieldReference(None, field_type=str),  # None: ../shared/data
       global_batch_size=64, eval_batch_size=256, worker_count=0))
@@ -52,6 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = model_lib.default_model_config(
       modalities=a.modalities, fusion=a.fusion, dim=64,
       encoders={'image': a.image, 'audio': a.audio})
+  if a.fusion in TOKEN_FUSIONS:  # attend over feature-map positions, not one pooled token
+    for m, stage in LENET_TOKEN_STAGES.items():
+      if m in a.modalities and getattr(a, m) == 'lenet':
+        config.model.encoders[m].token_stage = stage
 
   config.optim = config_utils.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)
   config.train = config_utils.train_config(

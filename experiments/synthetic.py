@@ -5,7 +5,8 @@ Run (CPU, about 40 s on 2 shared cores including compilation):
   python -m crossmodal.main --config=experiments/synthetic.py --workdir=runs/synthetic
 
 Presets (after ':', comma-separated): fusion=<any fusion type> (default concat),
-modalities=image+audio | image | audio, steps=<int> (default 300; tiny: 12),
+modalities=image+audio (default) | image | audio | any '+'-joined subset of image, audio, text
+(text: short byte-level captions naming the colour), steps=<int> (default 300; tiny: 12),
 size=default | tiny (tiny: a smoke run of a few seconds on 16x16 images and 0.1 s clips, what
 the tests use). E.g.
   --config=experiments/synthetic.py:fusion=crossattn,steps=400
@@ -25,6 +26,8 @@ from crossmodal.models import fusion as fusion_lib
 from crossmodal.models import model as model_lib
 
 SIZES = ('default', 'tiny')
+MODALITIES = ('image', 'audio', 'text')
+TEXT_LENGTH = 32
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,6 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if a.fusion not in fusion_lib.FUSIONS:
     raise config_utils.ConfigError(f'synthetic.py: fusion={a.fusion!r}; valid choices: '
                                    f'{tuple(fusion_lib.FUSIONS)}')
+  if not a.modalities or any(m not in MODALITIES for m in a.modalities):
+    raise config_utils.ConfigError(f'synthetic.py: modalities={"+".join(a.modalities)!r}; '
+                                   f'choose from {MODALITIES}, joined by "+"')
   if a.size not in SIZES:
     raise config_utils.ConfigError(f'synthetic.py: size={a.size!r}; valid choices: {SIZES}')
   config = ml_collections.ConfigDict()
@@ -43,10 +49,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       synthetic=synthetic.synthetic_config(
           num_train=2048, num_validation=512, num_test=512, audio_length=2000)))
 
+  if 'text' in a.modalities:  # byte-level captions naming the colour (crossmodal/data/synthetic.py)
+    config.data.synthetic.text_length = TEXT_LENGTH
   model = model_lib.default_model_config(modalities=a.modalities, fusion=a.fusion, dim=32)
-  for m in a.modalities:  # Small LeNets: 28x28 images, 26 frames x 32 mel bands.
+  for m in set(a.modalities) & {'image', 'audio'}:  # Small LeNets: 28x28, 26 frames x 32 mels.
     model.encoders[m].base_channels = 4
     model.encoders[m].extra_layers = 1
+  if 'text' in a.modalities:
+    model.encoders.text.max_len = TEXT_LENGTH
   if 'audio' in a.modalities:
     model.encoders.audio.features.n_mels = 32
   config.model = model
@@ -68,7 +78,7 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
   config.data.synthetic.update(num_train=128, num_validation=40, num_test=40, image_size=16,
                                audio_length=800)
   config.model.dim = 8
-  for m in config.model.modalities:
+  for m in set(config.model.modalities) & {'image', 'audio'}:
     config.model.encoders[m].base_channels = 2
   if 'audio' in config.model.modalities:
     config.model.encoders.audio.features.update(n_mels=16, n_mfcc=8)

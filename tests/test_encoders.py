@@ -11,13 +11,15 @@ import pytest
 import soundfile as sf
 
 from crossmodal.data import features as features_lib
+from crossmodal.data import sources
 from crossmodal.models import encoders as E
 from crossmodal.models import heads
 from crossmodal.models import text as T
 
 DIM = 8
 B = 2
-FSDD = '/work/shared/data/fsdd/recordings'
+_SOURCES = sources.resolve_manual_dir()  # $CROSSMODAL_MANUAL_DIR or <repo>/../shared/data
+FSDD = str(_SOURCES / 'fsdd' / 'recordings') if _SOURCES else '<no source directory>'
 
 # Tiny versions of every encoder (fast on CPU). Default sizes are checked abstractly in
 # test_lenets_mirror_multibench_avmnist and by the param-count test in test_model.py.

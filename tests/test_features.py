@@ -9,8 +9,10 @@ import pytest
 import soundfile as sf
 
 from crossmodal.data import features
+from crossmodal.data import sources
 
-FSDD = '/work/shared/data/fsdd/recordings'
+_SOURCES = sources.resolve_manual_dir()  # $CROSSMODAL_MANUAL_DIR or <repo>/../shared/data
+FSDD = str(_SOURCES / 'fsdd' / 'recordings') if _SOURCES else '<no source directory>'
 # Measured max |JAX - librosa| over the 20 clips below (float32 JAX vs float64 librosa):
 # log-mel 1.2e-3 dB (db) / 3e-5 (log), MFCC 2.7e-4 (db) / 3e-5 (log). Tolerances leave ~4x.
 TOL = {('log_mel', 'db'): 5e-3, ('log_mel', 'log'): 2e-4,

@@ -508,3 +508,24 @@ def test_bfloat16_compute_with_float32_params_under_jit(fusion_type):
   ref = run(build(fusion_type), variables, encoded, present)['logits']
   assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
   np.testing.assert_allclose(logits, ref, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize('fusion_type,overrides', [
+    ('crossattn', {}), ('crossattn', {'direction': 'a->b', 'kv_source': 'updated'}),
+    ('crossattn', {'direction': 'b->a', 'kv_source': 'updated', 'num_layers': 3}),
+    ('joint', {}), ('bottleneck', {}), ('bottleneck', {'fusion_layer': 2}),
+    ('lowrank_tensor', {}), ('gated', {'gate': 'softmax'}), ('weighted', {'project': True})])
+def test_every_parameter_gets_a_gradient(fusion_type, overrides):
+  """No parameter is created and then left out of the computation (it would count in
+  parameter totals of an ablation without doing anything)."""
+  module, encoded = build(fusion_type, 2, **overrides), make_encoded(2)
+  present = jnp.ones((B, 2), bool)
+  variables = init(module, encoded, present)
+
+  def loss(params):
+    return jnp.sum(run(module, {**variables, 'params': params}, encoded, present)['logits'] ** 2)
+
+  grads = jax.grad(loss)(variables['params'])
+  dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
+          if not np.any(np.asarray(g))]
+  assert not dead, f'{fusion_type} {overrides}: parameters without gradient: {dead}'

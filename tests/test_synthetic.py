@@ -122,7 +122,7 @@ def test_dispatch_synthetic_from_config():
 def test_dispatch_avmnist_subset_through_the_pipeline(tmp_path):
   """config.data -> AV-MNIST builder (16-example subset from the real sources) -> batches."""
   cfg = ml_collections.ConfigDict({'name': 'avmnist', 'builder_config': 'clean_n16',
-                                   'data_dir': str(tmp_path), 'manual_dir': '/work/shared/data'})
+                                   'data_dir': str(tmp_path), 'manual_dir': None})  # resolved: env var or ../shared/data
   source = datasets.get_source(cfg, 'validation')
   info = datasets.dataset_info(cfg)
   assert info.num_classes == 10 and info.modalities == ('image', 'audio')

@@ -235,20 +235,31 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(tmp_path):
 # ----------------------------------------------------------------------------- exact resume
 
 
+RESUME_DROPOUT = 0.3  # so that the per-step dropout keys are part of what must resume exactly
+
+
 def _cli(workdir, env=None, cache_dir=None):
   # A shared persistent compilation cache: the restarted processes reuse the executables.
   env = {**(env or {}), 'JAX_COMPILATION_CACHE_DIR': str(cache_dir),
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
   return subprocess.run(
       [sys.executable, '-m', 'crossmodal.main', f'--config={SYNTHETIC}:size=tiny',
-       f'--workdir={workdir}', '--mode=train'],
+       f'--workdir={workdir}', '--mode=train', f'--config.model.dropout={RESUME_DROPOUT}'],
       cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True,
       timeout=300)
 
 
 @pytest.mark.slow
-def test_killed_and_preempted_run_resumes_bitwise(trained, tmp_path):
-  config, _, uninterrupted = trained
+def test_killed_and_preempted_run_resumes_bitwise(tmp_path):
+  config = tiny_config()
+  config.model.dropout = RESUME_DROPOUT
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'reference'))
+  no_dropout = tiny_config()
+  reference_params = jax.tree.leaves(uninterrupted.state.params)
+  without_dropout = jax.tree.leaves(
+      train.train_and_evaluate(no_dropout, str(tmp_path / 'nd')).state.params)
+  # The dropout really changes training, so resuming its per-step keys is part of the test.
+  assert any(not np.array_equal(a, b) for a, b in zip(reference_params, without_dropout))
   workdir = str(tmp_path / 'w')
   cli = functools.partial(_cli, cache_dir=tmp_path / 'jax_cache')
   # SIGKILL right after step 8's asynchronous save started (it may or may not have landed).
@@ -271,3 +282,8 @@ def test_killed_and_preempted_run_resumes_bitwise(trained, tmp_path):
   _, state, meta = train.restore_state(config, workdir, 'latest')
   assert meta['step'] == 12 and meta['pipeline_position'] == 12
   assert_trees_bitwise_equal(state, uninterrupted.state)
+  # Steps redone after a restart are logged once: the records match the uninterrupted run's.
+  records = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  steps = [(r['split'], r['step']) for r in records]
+  reference = metrics_lib.read_jsonl(str(tmp_path / 'reference' / 'metrics.jsonl'))
+  assert steps == [(r['split'], r['step']) for r in reference]

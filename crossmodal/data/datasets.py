@@ -83,6 +83,16 @@ def _lookup(data_config):
   return _DATASETS[name]
 
 
+def check_config(data_config) -> tuple[str, ...]:
+  """The dataset's modalities; ValueError for an unknown dataset or variant. Reads no data."""
+  _lookup(data_config)
+  if _get(data_config, 'name') == 'avmnist':
+    from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
+    avmnist.resolve_config(_get(data_config, 'builder_config', 'pca'))
+    return AVMNIST_MODALITIES
+  return _synthetic_info(data_config).modalities
+
+
 def get_source(data_config, split: str):
   """Random-access source (`len`, `[i]` -> dict of numpy arrays) for `split`."""
   return _lookup(data_config)[0](data_config, split)

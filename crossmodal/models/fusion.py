@@ -430,6 +430,10 @@ class CrossAttentionFusion(_AttentionFusionBase):
       raise ValueError("fusion 'crossattn': pooling='cls' needs self_attention_layers >= 1 "
                        "(cross-attention alone never mixes the target's tokens into its class "
                        "token); use pooling='mean' or self_attention_layers >= 1")
+    if values['kv_source'] == 'updated' and values['num_layers'] < 2:
+      raise ValueError("fusion 'crossattn': kv_source='updated' differs from 'first_layer' "
+                       'only from the second cross layer on; set num_layers >= 2 or use '
+                       "kv_source='first_layer'")
     if num_modalities is not None and num_modalities != 2 and values['direction'] != 'both':
       raise ValueError(f"fusion 'crossattn': direction={values['direction']!r} is defined for "
                        f"exactly 2 modalities, got {num_modalities}; use direction='both' "
@@ -475,7 +479,7 @@ class CrossAttentionFusion(_AttentionFusionBase):
             return_weights=return_attention)
         for s, w in zip(sources[t], ws or []):
           attention[f'cross_{layer}/{names[s]}->{names[t]}'] = w
-      for s in updated_sources:
+      for s in (updated_sources if layer < self.num_layers - 1 else []):  # last: unused
         new[s], ws = self._layer(f'source_self_{layer}_{names[s]}')(
             states[s], mask=state_masks[s], train=train, return_weights=return_attention)
         if ws:
