@@ -165,6 +165,8 @@ def validate(config: Any, device_count: int | None = None,
     e.check(f'optim.{key}', lambda v: _number(v) and 0 <= v < 1, 'must be in [0, 1)')
   e.check('optim.eps', lambda v: _number(v) and v > 0, 'must be a positive number')
 
+  _check_optimizer_fields_apply(e)
+
   # Training loop.
   e.check('train.num_steps', lambda v: _int(v) and v > 0, 'must be a positive int')
   e.check('train.log_every', lambda v: _int(v) and v > 0, 'must be a positive int')
@@ -182,6 +184,8 @@ def validate(config: Any, device_count: int | None = None,
   e.check('train.eval_splits', lambda v: set(v) <= set(EVAL_SPLITS) and len(v) > 0,
           'must be a non-empty subset', EVAL_SPLITS)
   e.check('train.best_metric', lambda v: v in BEST_METRICS, 'unknown metric', BEST_METRICS)
+  e.check('train.modality_dropout', lambda v: _number(v) and 0 <= v < 1,
+          'must be in [0, 1) (probability of hiding each modality of a training example)')
   e.check('train.max_eval_batches', lambda v: _int(v) and v >= 0,
           'must be an int >= 0 (0 = the whole split)')
   accum = e.get('optim.accum_steps')
@@ -192,6 +196,29 @@ def validate(config: Any, device_count: int | None = None,
   if e.messages:
     messages = list(dict.fromkeys(e.messages))
     raise ConfigError('invalid config:\n  ' + '\n  '.join(messages))
+
+
+# Which optimizer fields each optimizer reads; a field another optimizer reads must keep its
+# default, so that e.g. `optim.b2` set on an SGD run is an error instead of silently ignored.
+OPTIMIZER_FIELDS = {'adamw': ('b1', 'b2', 'eps'), 'sgd': ('momentum',),
+                    'rmsprop': ('momentum', 'eps', 'rms_decay')}
+
+
+def _check_optimizer_fields_apply(e: _Errors) -> None:
+  name = e.get('optim.name')
+  if name not in OPTIMIZER_FIELDS:
+    return
+  defaults = optim_config()
+  for key in sorted({k for ks in OPTIMIZER_FIELDS.values() for k in ks}):
+    value = e.get(f'optim.{key}')
+    if key not in OPTIMIZER_FIELDS[name] and value is not _MISSING and value != defaults[key]:
+      users = [n for n, ks in OPTIMIZER_FIELDS.items() if key in ks]
+      e.messages.append(f'config.optim.{key}={value!r} has no effect with '
+                        f'config.optim.name={name!r} (used by {users}); leave it at '
+                        f'{defaults[key]!r} or choose one of those optimizers')
+  if e.get('optim.schedule') == 'constant' and e.get('optim.end_lr_ratio') not in (
+      _MISSING, defaults.end_lr_ratio):
+    e.messages.append("config.optim.end_lr_ratio applies to schedule='cosine' only")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -258,6 +285,7 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
       best_metric='accuracy',  # on the validation split; 'loss' is minimised
       eval_splits=('validation', 'test'),
       max_eval_batches=0,  # 0 = whole split
+      modality_dropout=0.0,  # probability of hiding each modality of a training example
       parallel='jit',  # or 'pmap'
       sync_every_step='auto',  # 'auto' = block on each step's loss on CPU only (NOTES.md)
       dtype='float32',  # compute dtype; 'bfloat16' keeps params/optimizer state float32

@@ -66,8 +66,8 @@ def make_optimizer(optim_config: Any, num_steps: int) -> optax.GradientTransform
     chain.append(optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps,
                              weight_decay=c.weight_decay, mask=decay_mask))
   else:
-    # Decoupled decay for SGD/RMSProp too: added to the gradient before the lr scaling,
-    # which is what "weight decay" means for plain SGD.
+    # Coupled (L2) decay for SGD/RMSProp, as PyTorch's `weight_decay`: wd * param is added to
+    # the gradient before the optimizer (for plain SGD this equals decoupled decay times lr).
     if c.weight_decay > 0:
       chain.append(optax.add_decayed_weights(c.weight_decay, mask=decay_mask))
     if c.name == 'sgd':

@@ -15,6 +15,7 @@ killed at any step and restarted ends with bitwise the same parameters as one th
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 from typing import Any, Callable
@@ -123,17 +124,38 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | None):
+def modality_dropout_mask(rng: jax.Array, batch_size: int, num_modalities: int,
+                          rate: float) -> jax.Array:
+  """bool [B, M]: each modality hidden with probability `rate`, independently per example;
+  an example that would lose all of them keeps one, chosen uniformly."""
+  drop_rng, keep_rng = jax.random.split(rng)
+  present = jax.random.uniform(drop_rng, (batch_size, num_modalities)) >= rate
+  keep = jax.nn.one_hot(jax.random.randint(keep_rng, (batch_size,), 0, num_modalities),
+                        num_modalities, dtype=bool)
+  return jnp.where(present.any(axis=1, keepdims=True), present, keep)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | None,
+                    modality_dropout: float = 0.0):
   """(state, batch) -> (state, metrics). Under pmap (`axis_name` set) gradients, metrics and
-  BatchNorm statistics are averaged over devices; under jit XLA reduces the global batch."""
+  BatchNorm statistics are averaged over devices; under jit XLA reduces the global batch.
+
+  modality_dropout: probability of hiding each modality of each training example from the
+  fusion (through the model's `present` mask), so the model learns to cope without it.
+  """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
     rng = jax.random.fold_in(rng, parallel.device_index(axis_name))
+    present = None
+    if modality_dropout > 0:
+      rng, mask_rng = jax.random.split(rng)
+      present = modality_dropout_mask(mask_rng, batch['label'].shape[0], len(model.modalities),
+                                      modality_dropout)
 
     def loss_fn(params):
-      out, updates = model.apply(_variables(params, state.batch_stats), batch, train=True,
-                                 rngs={'dropout': rng}, mutable=['batch_stats'])
+      out, updates = model.apply(_variables(params, state.batch_stats), batch, present=present,
+                                 train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
       logits = out['logits']
       loss = cross_entropy(logits, batch['label']).mean()
       accuracy = (jnp.argmax(logits, -1) == batch['label']).mean()
@@ -282,6 +304,21 @@ def _best_metric(config: Any) -> tuple[str, str]:
   return f'validation/{metric}', ('min' if metric == 'loss' else 'max')
 
 
+RUN_INFO = 'run_info.json'
+
+
+def write_run_info(workdir: str, state: TrainState, run: _Run) -> None:
+  """`<workdir>/run_info.json`: what the sweep runner reports beside the metrics."""
+  from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
+  info = {'num_params': model_lib.count_params(state.params),
+          'params_by_part': model_lib.param_counts_by_part(state.params),
+          'device_count': jax.device_count(), 'process_count': jax.process_count(),
+          'backend': jax.default_backend(), 'parallel': run.config.train.parallel}
+  with open(os.path.join(workdir, RUN_INFO), 'w', encoding='utf-8') as f:
+    json.dump(info, f, indent=2)
+    f.write('\n')
+
+
 def make_checkpointer(config: Any, workdir: str) -> checkpointing.Checkpointer:
   best_metric, best_mode = _best_metric(config)
   keep_best = 'validation' in config.train.eval_splits
@@ -341,10 +378,12 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
     writer.discard_after(start_step)  # steps after the checkpoint are about to be redone
   if jax.process_index() == 0:  # After a successful restore: a mismatched config never lands.
     config_utils.write_config(config, workdir)
+    write_run_info(workdir, state, run)
   device_state = strategy.put_state(state)
   del state
 
-  train_step = strategy.train_step(make_train_step(run.model, run.tx, strategy.axis_name))
+  train_step = strategy.train_step(make_train_step(run.model, run.tx, strategy.axis_name,
+                                                   tc.modality_dropout))
   batches = run.batches('train', position)
   throughput = metrics_lib.Throughput(config.data.global_batch_size, start_step)
   pending: list[Any] = []  # per-step device metrics not yet fetched

@@ -146,6 +146,10 @@ def test_run_writes_metrics_config_and_checkpoints(trained):
   for key in ('loss', 'accuracy', 'grad_norm', 'lr', 'steps_per_sec', 'examples_per_sec'):
     assert np.isfinite(tr[key]), key
   assert tr['examples_per_sec'] == pytest.approx(16 * tr['steps_per_sec'])
+  with open(os.path.join(workdir, train.RUN_INFO)) as f:
+    info = json.load(f)
+  leaves = jax.tree.leaves(result.state.params)
+  assert info['num_params'] == sum(x.size for x in leaves) == sum(info['params_by_part'].values())
   val = by[('validation', 12)]
   assert val['num_examples'] == 40  # 40 examples in 2 batches of 32: padding not counted
   assert np.sum(val['confusion_matrix']) == 40
@@ -287,3 +291,25 @@ def test_killed_and_preempted_run_resumes_bitwise(tmp_path):
   steps = [(r['split'], r['step']) for r in records]
   reference = metrics_lib.read_jsonl(str(tmp_path / 'reference' / 'metrics.jsonl'))
   assert steps == [(r['split'], r['step']) for r in reference]
+
+
+def test_modality_dropout_mask_rates_and_never_empty():
+  mask = np.asarray(train.modality_dropout_mask(jax.random.PRNGKey(0), 20000, 2, 0.3))
+  assert mask.shape == (20000, 2) and mask.any(axis=1).all()
+  # P(present) = 0.7 + P(both dropped) * 1/2 = 0.7 + 0.09 / 2.
+  np.testing.assert_allclose(mask.mean(axis=0), 0.745, atol=0.01)
+  np.testing.assert_allclose((~mask).all(axis=1).mean(), 0.0)
+  np.testing.assert_allclose(mask.all(axis=1).mean(), 0.49, atol=0.01)
+  assert np.asarray(train.modality_dropout_mask(jax.random.PRNGKey(0), 100, 3, 0.0)).all()
+
+
+def test_modality_dropout_changes_training_and_is_validated(tmp_path):
+  base = train.train_and_evaluate(tiny_config('size=tiny,steps=4'), str(tmp_path / 'a'))
+  config = tiny_config('size=tiny,steps=4')
+  config.train.modality_dropout = 0.5
+  dropped = train.train_and_evaluate(config, str(tmp_path / 'b'))
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(base.state.params),
+                                                      jax.tree.leaves(dropped.state.params)))
+  config.train.modality_dropout = 1.0
+  with pytest.raises(config_utils.ConfigError, match='modality_dropout'):
+    train.train_and_evaluate(config, str(tmp_path / 'c'))

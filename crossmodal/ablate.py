@@ -1,0 +1,436 @@
+r"""Sweep runner: a base config x named variants x seeds -> runs, `results.csv`, a table, plots.
+
+  python scripts/ablate.py --config=experiments/avmnist.py --sweep=experiments/sweeps/fusion.py \
+      --seeds=3 --root=runs/fusion
+
+A sweep file defines `get_sweep()` returning a list of `Variant`s: a name, a preset string for
+the base config's `get_config(arg)` (merged after the base's own preset, so it wins) and dotted
+overrides. Each variant x seed is one ordinary `python -m crossmodal.main` run in
+`<root>/<variant>/seed<k>`, started as a subprocess, so a sweep run is exactly what a researcher
+would run by hand (`--dry_run` prints those commands, to send them elsewhere).
+
+Restarting a sweep continues it: a run whose `sweep_status.json` says `done` is skipped; any
+other run is started again and `main` resumes it from its latest checkpoint. A failed run stays
+in the table as failed, with the reason from its log, never silently dropped.
+
+Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the checkpoint
+chosen by validation accuracy, the `eval_test` record written by `--mode=train_and_eval`; the
+validation curve; training examples/s), `run_info.json` (parameter count) and
+`sweep_status.json` (wall time summed over attempts).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+STATUS = 'sweep_status.json'
+LOG = 'sweep.log'
+RUN_INFO = 'run_info.json'  # written by train.py
+CSV_FIELDS = ('variant', 'seed', 'status', 'test_accuracy', 'test_macro_f1',
+              'best_validation_accuracy', 'num_params', 'examples_per_sec', 'wall_time_s',
+              'workdir', 'error')
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One row of the study. `arg`: preset string for get_config (e.g. 'fusion=crossattn');
+  `overrides`: {'model.fusion.num_layers': 3, ...}, passed as --config.<key>=<value>."""
+  name: str
+  arg: str = ''
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if not self.name or '/' in self.name or self.name != self.name.strip():
+      raise ValueError(f'Variant name {self.name!r} must be non-empty, without "/" (it names '
+                       'a directory)')
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  variant: Variant
+  seed: int
+  workdir: str
+  command: tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def load_sweep(path: str) -> list[Variant]:
+  """`get_sweep()` of a sweep file, checked: Variants with distinct names."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'sweep file {path} does not exist')
+  spec = importlib.util.spec_from_file_location('_crossmodal_sweep', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise ValueError(f'sweep file {path} must define get_sweep() -> list[Variant]')
+  variants = list(module.get_sweep())
+  if not variants or not all(isinstance(v, Variant) for v in variants):
+    raise ValueError(f'{path}: get_sweep() must return a non-empty list of '
+                     'crossmodal.ablate.Variant')
+  names = [v.name for v in variants]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f'{path}: duplicate variant names {duplicates}')
+  return variants
+
+
+def _format_value(value: Any) -> str:
+  if isinstance(value, (tuple, list)):
+    return '(' + ','.join(map(repr, value)) + (',)' if len(value) == 1 else ')')
+  return str(value)
+
+
+def plan(config: str, variants: Sequence[Variant], seeds: Sequence[int], root: str,
+         mode: str = 'train_and_eval', python: str = sys.executable) -> list[Run]:
+  """Every variant x seed as a `crossmodal.main` command with its own workdir."""
+  path, _, base_arg = config.partition(':')
+  runs = []
+  for v in variants:
+    arg = ','.join(a for a in (base_arg, v.arg) if a)
+    spec = f'{path}:{arg}' if arg else path
+    for seed in seeds:
+      workdir = os.path.join(root, v.name, f'seed{seed}')
+      command = [python, '-m', 'crossmodal.main', f'--config={spec}', f'--workdir={workdir}',
+                 f'--mode={mode}', f'--config.seed={seed}']
+      command += [f'--config.{k}={_format_value(x)}' for k, x in v.overrides.items()]
+      runs.append(Run(v, seed, workdir, tuple(command)))
+  return runs
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def read_status(workdir: str) -> dict[str, Any]:
+  try:
+    with open(os.path.join(workdir, STATUS), encoding='utf-8') as f:
+      return json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return {}
+
+
+def _write_status(workdir: str, status: Mapping[str, Any]) -> None:
+  tmp = os.path.join(workdir, STATUS + '.tmp')
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(status, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, STATUS))
+
+
+def failure_reason(log_text: str, returncode: int) -> str:
+  """One line: main's `error: ...` message, else the last exception line, else the signal."""
+  lines = [l.strip() for l in log_text.splitlines() if l.strip()]
+  for line in reversed(lines):
+    if line.startswith('error: '):
+      return line[len('error: '):]
+  for line in reversed(lines):
+    head = line.split(':', 1)[0]
+    if head.endswith(('Error', 'Exception')) and ' ' not in head:
+      return line
+  if returncode < 0:
+    return f'killed by signal {-returncode}'
+  return f'exit code {returncode}'
+
+
+def execute(run: Run, poll_seconds: float = 10.0, env: Mapping[str, str] | None = None
+            ) -> dict[str, Any]:
+  """Runs (or resumes) one run unless it is done; returns its final status.
+
+  Wall time is added to the status every `poll_seconds`, so time spent before a crash of the
+  sweep itself is still counted when it resumes.
+  """
+  status = read_status(run.workdir)
+  if status.get('state') == 'done':
+    return status
+  os.makedirs(run.workdir, exist_ok=True)
+  status = {'state': 'running', 'attempts': status.get('attempts', 0) + 1,
+            'wall_time_s': float(status.get('wall_time_s', 0.0)),
+            'command': shlex.join(run.command)}
+  _write_status(run.workdir, status)
+  start = time.monotonic()
+  base_wall = status['wall_time_s']
+  with open(os.path.join(run.workdir, LOG), 'a', encoding='utf-8') as log:
+    log.write(f'\n===== attempt {status["attempts"]}: {status["command"]}\n')
+    log.flush()
+    process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})
+    while True:
+      try:
+        returncode = process.wait(timeout=poll_seconds)
+        break
+      except subprocess.TimeoutExpired:
+        status['wall_time_s'] = base_wall + time.monotonic() - start
+        _write_status(run.workdir, status)
+  status['wall_time_s'] = base_wall + time.monotonic() - start
+  status['returncode'] = returncode
+  if returncode == 0:
+    status['state'] = 'done'
+    status.pop('error', None)
+  else:
+    with open(os.path.join(run.workdir, LOG), encoding='utf-8', errors='replace') as f:
+      attempt_log = f.read().rsplit('===== attempt ', 1)[-1]
+    status['state'] = 'failed'
+    status['error'] = failure_reason(attempt_log, returncode)
+  _write_status(run.workdir, status)
+  return status
+
+
+def run_all(runs: Sequence[Run], parallel: int = 1, log=print) -> None:
+  """Executes the runs, `parallel` at a time, in order; reports each as it ends."""
+  lock = threading.Lock()
+
+  def one(run: Run) -> None:
+    before = read_status(run.workdir).get('state')
+    if before == 'done':
+      with lock:
+        log(f'[skip] {run.variant.name} seed {run.seed}: already done')
+      return
+    with lock:
+      log(f'[{"resume" if before else "start"}] {run.variant.name} seed {run.seed}: '
+          f'{run.workdir}')
+    status = execute(run)
+    with lock:
+      extra = f': {status["error"]}' if status['state'] == 'failed' else ''
+      log(f'[{status["state"]}] {run.variant.name} seed {run.seed} '
+          f'({status["wall_time_s"]:.0f} s){extra}')
+
+  if parallel <= 1:
+    for run in runs:
+      one(run)
+    return
+  with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+    list(pool.map(one, runs))
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue  # a line cut short by a crash
+  return out
+
+
+def collect_run(run: Run) -> dict[str, Any]:
+  """One results.csv row (numbers are None where the run has not produced them)."""
+  status = read_status(run.workdir)
+  records = _read_jsonl(os.path.join(run.workdir, 'metrics.jsonl'))
+  row: dict[str, Any] = {k: None for k in CSV_FIELDS}
+  row.update(variant=run.variant.name, seed=run.seed, workdir=run.workdir,
+             status=status.get('state', 'not started'), error=status.get('error'),
+             wall_time_s=status.get('wall_time_s'))
+  final = [r for r in records if r['split'] == 'eval_test']  # best-by-validation checkpoint
+  test = final or [r for r in records if r['split'] == 'test']
+  if test:
+    row['test_accuracy'] = test[-1]['accuracy']
+    row['test_macro_f1'] = test[-1]['macro_f1']
+  validation = [r['accuracy'] for r in records if r['split'] == 'validation']
+  if validation:
+    row['best_validation_accuracy'] = max(validation)
+  speeds = sorted(r['examples_per_sec'] for r in records
+                  if r['split'] == 'train' and 'examples_per_sec' in r)
+  if len(speeds) > 1:
+    speeds = speeds[1:] if len(speeds) > 2 else speeds  # the first includes compilation
+  if speeds:
+    row['examples_per_sec'] = speeds[len(speeds) // 2]
+  try:
+    with open(os.path.join(run.workdir, RUN_INFO), encoding='utf-8') as f:
+      row['num_params'] = json.load(f)['num_params']
+  except (FileNotFoundError, json.JSONDecodeError, KeyError):
+    pass
+  if row['status'] == 'done' and row['test_accuracy'] is None:
+    row['status'], row['error'] = 'failed', 'finished without a test evaluation'
+  return row
+
+
+def validation_curve(run: Run) -> list[tuple[int, float]]:
+  records = _read_jsonl(os.path.join(run.workdir, 'metrics.jsonl'))
+  return [(r['step'], r['accuracy']) for r in records if r['split'] == 'validation']
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  n = len(values)
+  mean = sum(values) / n
+  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+  return mean, std
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list[dict[str, Any]]:
+  """Per variant: mean and sample std over its finished seeds, and what failed and why."""
+  out = []
+  for name in order:
+    mine = [r for r in rows if r['variant'] == name]
+    ok = [r for r in mine if r['status'] == 'done']
+    agg: dict[str, Any] = {'variant': name, 'runs': len(mine), 'done': len(ok),
+                           'failures': [(r['seed'], r['status'], r['error']) for r in mine
+                                        if r['status'] != 'done']}
+    for key in ('test_accuracy', 'test_macro_f1', 'best_validation_accuracy',
+                'examples_per_sec', 'wall_time_s', 'num_params'):
+      values = [r[key] for r in ok if r[key] is not None]
+      agg[key] = _mean_std(values) if values else None
+    out.append(agg)
+  return out
+
+
+def _pm(value: tuple[float, float] | None, scale: float = 100.0, digits: int = 2) -> str:
+  if value is None:
+    return '-'
+  return f'{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}'
+
+
+def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
+  """Variant | test acc | macro-F1 | best val acc | params | examples/s | wall time | runs."""
+  done = [a for a in table if a['test_accuracy'] is not None]
+  best = max(done, key=lambda a: a['test_accuracy'][0])['variant'] if done else None
+  lines = ['| variant | test accuracy (%) | test macro-F1 (%) | best val. accuracy (%) | '
+           'params | examples/s | wall time (s) | runs |',
+           '|---|---|---|---|---|---|---|---|']
+  for a in table:
+    name = f'**{a["variant"]}** (best)' if a['variant'] == best else a['variant']
+    runs = f'{a["done"]}/{a["runs"]}'
+    if a['failures']:
+      reasons = '; '.join(f'seed {s} {state}' + (f': {err}' if err else '')
+                          for s, state, err in a['failures'])
+      runs += f' ({reasons})'.replace('|', '\\|')
+    params = f'{a["num_params"][0]:,.0f}' if a['num_params'] else '-'
+    lines.append(f'| {name} | {_pm(a["test_accuracy"])} | {_pm(a["test_macro_f1"])} | '
+                 f'{_pm(a["best_validation_accuracy"])} | {params} | '
+                 f'{_pm(a["examples_per_sec"], 1, 0)} | {_pm(a["wall_time_s"], 1, 0)} | {runs} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> list[str]:
+  """accuracy.png (test accuracy per variant, mean ± std) and validation_curves.png."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  paths = []
+  names = [a['variant'] for a in table]
+  fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.5))
+  for i, a in enumerate(table):
+    if a['test_accuracy'] is None:
+      ax.annotate('failed', (i, 0), ha='center', va='bottom', color='tab:red', rotation=90)
+      continue
+    mean, std = a['test_accuracy']
+    ax.bar(i, 100 * mean, yerr=100 * std, capsize=3, color='tab:blue')
+  ax.set_xticks(range(len(names)), names, rotation=45, ha='right')
+  ax.set_ylabel('test accuracy (%)')
+  ax.set_title('mean ± std over seeds')
+  fig.tight_layout()
+  paths.append(os.path.join(root, 'accuracy.png'))
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name in names:
+    curves = [validation_curve(r) for r in runs if r.variant.name == name]
+    curves = [c for c in curves if c]
+    if not curves:
+      continue
+    steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
+    if not steps:
+      continue
+    mean = [100 * sum(dict(c)[s] for c in curves) / len(curves) for s in steps]
+    ax.plot(steps, mean, marker='.', label=name)
+  ax.set_xlabel('step')
+  ax.set_ylabel('validation accuracy (%)')
+  ax.legend(fontsize='small', ncol=2)
+  fig.tight_layout()
+  paths.append(os.path.join(root, 'validation_curves.png'))
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+  return paths
+
+
+def report(runs: Sequence[Run], root: str, order: Sequence[str]) -> tuple[str, list[dict]]:
+  """Writes results.csv, results.md and the plots under `root`; returns the table text."""
+  os.makedirs(root, exist_ok=True)
+  rows = [collect_run(r) for r in runs]
+  with open(os.path.join(root, 'results.csv'), 'w', newline='', encoding='utf-8') as f:
+    writer = csv.DictWriter(f, CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+  table = aggregate(rows, order)
+  text = markdown_table(table)
+  with open(os.path.join(root, 'results.md'), 'w', encoding='utf-8') as f:
+    f.write(text)
+  plot(runs, table, root)
+  return text, rows
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--config', required=True, help='base config, path[:preset]')
+  p.add_argument('--sweep', required=True, help='sweep file defining get_sweep()')
+  p.add_argument('--root', required=True, help='directory for all runs and the results')
+  p.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 (default 3)')
+  p.add_argument('--first_seed', type=int, default=0)
+  p.add_argument('--only', default='', help='comma-separated variant names to run/report')
+  p.add_argument('--parallel', type=int, default=1, help='runs at once (default 1)')
+  p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  p.add_argument('--report_only', action='store_true', help='collect results, run nothing')
+  args = p.parse_args(argv)
+  if args.seeds < 1 or args.parallel < 1:
+    p.error('--seeds and --parallel must be >= 1')
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  try:
+    variants = load_sweep(args.sweep)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if args.only:
+    wanted = [n.strip() for n in args.only.split(',') if n.strip()]
+    unknown = sorted(set(wanted) - {v.name for v in variants})
+    if unknown:
+      print(f'error: --only: unknown variants {unknown}; valid: {[v.name for v in variants]}',
+            file=sys.stderr)
+      return 2
+    variants = [v for v in variants if v.name in wanted]
+  seeds = range(args.first_seed, args.first_seed + args.seeds)
+  runs = plan(args.config, variants, seeds, args.root)
+  if args.dry_run:
+    for r in runs:
+      state = read_status(r.workdir).get('state', 'not started')
+      print(f'# {r.variant.name} seed {r.seed} ({state})')
+      print(shlex.join(r.command))
+    return 0
+  if not args.report_only:
+    run_all(runs, args.parallel)
+  text, rows = report(runs, args.root, [v.name for v in variants])
+  print(text)
+  print(f'results: {os.path.join(args.root, "results.md")}, results.csv, accuracy.png, '
+        'validation_curves.png')
+  return 0 if all(r['status'] == 'done' for r in rows) else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

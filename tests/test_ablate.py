@@ -1,0 +1,131 @@
+"""The sweep runner on tiny synthetic runs: dry run, results, failures, skip and resume."""
+import csv
+import os
+import textwrap
+
+import pytest
+
+from crossmodal import ablate
+from crossmodal import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
+CONFIG = f'{SYNTHETIC}:size=tiny'
+
+SWEEP = textwrap.dedent('''
+    from crossmodal.ablate import Variant
+
+    def get_sweep():
+      return [
+          Variant('concat', 'fusion=concat'),
+          # A key concat does not have: main refuses it before building anything.
+          Variant('broken', 'fusion=concat', {'model.fusion.num_layers': 3}),
+          Variant('sum', 'fusion=sum', {'optim.lr': 0.01}),
+      ]
+''')
+
+
+@pytest.fixture
+def sweep_file(tmp_path, monkeypatch):
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'jax_cache'))
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  path = tmp_path / 'sweep.py'
+  path.write_text(SWEEP)
+  return str(path)
+
+
+def test_dry_run_prints_every_command_and_runs_nothing(sweep_file, tmp_path, capsys):
+  root = tmp_path / 'root'
+  assert ablate.main([f'--config={CONFIG}', f'--sweep={sweep_file}', f'--root={root}',
+                      '--seeds=2', '--dry_run']) == 0
+  out = capsys.readouterr().out
+  commands = [l for l in out.splitlines() if not l.startswith('#')]
+  assert len(commands) == 6
+  assert f'--config={SYNTHETIC}:size=tiny,fusion=sum' in commands[-1]
+  assert '--config.seed=1' in commands[-1] and '--config.optim.lr=0.01' in commands[-1]
+  assert f'--workdir={root}/sum/seed1' in commands[-1]
+  assert not root.exists()
+
+
+def test_bad_sweep_files_are_reported(tmp_path, capsys):
+  bad = tmp_path / 'bad.py'
+  bad.write_text('from crossmodal.ablate import Variant\n'
+                 'def get_sweep():\n  return [Variant("a"), Variant("a")]\n')
+  assert ablate.main([f'--config={CONFIG}', f'--sweep={bad}', f'--root={tmp_path}']) == 2
+  assert "duplicate variant names ['a']" in capsys.readouterr().err
+  assert ablate.main([f'--config={CONFIG}', f'--sweep={tmp_path}/none.py',
+                      f'--root={tmp_path}']) == 2
+  assert 'does not exist' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_runs_reports_failures_skips_and_resumes(sweep_file, tmp_path, capsys):
+  root = str(tmp_path / 'root')
+  args = [f'--config={CONFIG}', f'--sweep={sweep_file}', f'--root={root}', '--seeds=2']
+  # An interrupted run: 'sum' seed 0 is SIGKILLed after step 8 (as if the machine died).
+  runs = ablate.plan(CONFIG, ablate.load_sweep(sweep_file), [0, 1], root)
+  sum0 = next(r for r in runs if r.variant.name == 'sum' and r.seed == 0)
+  status = ablate.execute(sum0, env={train.KILL_AT_STEP_ENV: '8'})
+  assert status['state'] == 'failed' and status['error'] == 'killed by signal 9'
+
+  assert ablate.main(args) == 1  # 'broken' fails, so the sweep reports failure
+  out = capsys.readouterr().out
+  assert '[resume] sum seed 0' in out and '[start] concat seed 0' in out
+  with open(os.path.join(sum0.workdir, ablate.LOG)) as f:
+    assert 'resumed from' in f.read().rsplit('===== attempt', 1)[-1]
+  assert ablate.read_status(sum0.workdir)['attempts'] == 2
+
+  with open(os.path.join(root, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['variant'], r['seed'], r['status']) for r in rows] == [
+      ('concat', '0', 'done'), ('concat', '1', 'done'), ('broken', '0', 'failed'),
+      ('broken', '1', 'failed'), ('sum', '0', 'done'), ('sum', '1', 'done')]
+  for r in rows:
+    if r['status'] == 'done':
+      assert 0 <= float(r['test_accuracy']) <= 1 and int(r['num_params']) > 0
+      assert float(r['examples_per_sec']) > 0 and float(r['wall_time_s']) > 0
+    else:
+      assert 'num_layers' in r['error'], r['error']  # main's message names the bad key
+  table = open(os.path.join(root, 'results.md')).read()
+  assert '| broken | - |' in table and '0/2 (seed 0 failed:' in table
+  mean = sum(float(r['test_accuracy']) for r in rows[:2]) / 2
+  assert f'{100 * mean:.2f} ±' in table.split('concat')[1].split('\n')[0]
+  assert table.count('(best)') == 1
+  for png in ('accuracy.png', 'validation_curves.png'):
+    assert os.path.getsize(os.path.join(root, png)) > 1000
+
+  # Started again: finished runs are skipped (not re-run), failed ones are retried.
+  assert ablate.main(args) == 1
+  out = capsys.readouterr().out
+  assert out.count('[skip]') == 4 and '[resume] broken seed 0' in out
+  assert ablate.read_status(sum0.workdir)['attempts'] == 2
+
+
+def test_aggregate_and_table_on_hand_made_rows():
+  rows = [
+      {'variant': 'a', 'seed': 0, 'status': 'done', 'error': None, 'test_accuracy': 0.5,
+       'test_macro_f1': 0.4, 'best_validation_accuracy': 0.6, 'num_params': 10,
+       'examples_per_sec': 100.0, 'wall_time_s': 10.0},
+      {'variant': 'a', 'seed': 1, 'status': 'done', 'error': None, 'test_accuracy': 0.7,
+       'test_macro_f1': 0.6, 'best_validation_accuracy': 0.8, 'num_params': 10,
+       'examples_per_sec': 300.0, 'wall_time_s': 30.0},
+      {'variant': 'b', 'seed': 0, 'status': 'failed', 'error': 'boom', 'test_accuracy': None,
+       'test_macro_f1': None, 'best_validation_accuracy': None, 'num_params': None,
+       'examples_per_sec': None, 'wall_time_s': 1.0},
+  ]
+  table = ablate.aggregate(rows, ['a', 'b'])
+  mean, std = table[0]['test_accuracy']
+  assert mean == pytest.approx(0.6) and std == pytest.approx(0.1414213, abs=1e-6)  # ddof=1
+  assert table[1]['failures'] == [(0, 'failed', 'boom')] and table[1]['test_accuracy'] is None
+  text = ablate.markdown_table(table)
+  assert '| **a** (best) | 60.00 ± 14.14 | 50.00 ± 14.14 | 70.00 ± 14.14 | 10 | 200 ± 141 |' \
+      in text
+  assert '| b | - | - | - | - | - | - | 0/1 (seed 0 failed: boom) |' in text
+
+
+def test_failure_reason_prefers_main_error_then_exception():
+  assert ablate.failure_reason('x\nerror: config.optim.lr must be > 0\n', 2) == \
+      'config.optim.lr must be > 0'
+  assert ablate.failure_reason('Traceback\n  File "x"\nValueError: bad\n', 1) == \
+      'ValueError: bad'
+  assert ablate.failure_reason('', -9) == 'killed by signal 9'
