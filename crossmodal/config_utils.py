@@ -228,11 +228,11 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def write_config(config: Any, workdir: str) -> str:
   """Writes the resolved config to `<workdir>/config.json` and returns the path."""
-  os.makedirs(workdir, exist_ok=True)
+  from crossmodal import metrics  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   path = os.path.join(workdir, 'config.json')
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(to_dict(config), f, indent=2, sort_keys=True)
-    f.write('\n')
+  metrics.write_file(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + '\n')
   return path
 
 

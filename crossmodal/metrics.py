@@ -16,6 +16,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,55 +97,95 @@ def _is_scalar(v: Any) -> bool:
   return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+def is_local(path: str | os.PathLike) -> bool:
+  return '://' not in os.fspath(path)
+
+
+def write_file(path: str | os.PathLike, text: str) -> None:
+  """Replaces the file at `path` (local: atomically via rename; gs:// etc.: one upload)."""
+  path = epath.Path(path)
+  if is_local(path):
+    tmp = path.parent / (path.name + '.tmp')
+    tmp.write_text(text, encoding='utf-8')
+    os.replace(tmp, path)
+  else:
+    path.write_text(text)
+
+
+class _EpathRecordFile:
+  """A TensorBoard event file on any `epath` filesystem (gs://, s3:// through TensorFlow's
+  gfile or fsspec). Object stores cannot append, so each flush uploads the whole file; event
+  files of a run hold scalars only and stay small."""
+
+  def __init__(self, path: str):
+    self._path, self._data = epath.Path(path), bytearray()
+
+  def write(self, data: bytes) -> None:
+    self._data += data
+
+  def flush(self) -> None:
+    self._path.write_bytes(bytes(self._data))
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathRecordFiles:
+  def open(self, path: str) -> _EpathRecordFile:
+    return _EpathRecordFile(path)
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
 class MetricWriter:
   """Writes metrics to the console, TensorBoard event files and `<workdir>/metrics.jsonl`.
 
   Only process 0 writes files (`enabled=False` elsewhere), so a multi-host run produces one
   record per step. Per-class lists go to TensorBoard as `split/name/class_i` and to the JSON
   file as lists; the confusion matrix goes to the JSON file only.
+
+  Files go through `etils.epath`, so the workdir may be local or gs://. metrics.jsonl is kept
+  in memory and the whole file replaced at each write (records are written at log and eval
+  steps only, and object stores cannot append).
   """
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
     self._tb = None
-    self._jsonl = None
+    self._lines: list[str] = []
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    workdir_path = epath.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    self._path = workdir_path / 'metrics.jsonl'
+    if self._path.exists():
+      self._lines = [line for line in self._path.read_text().splitlines() if _parses(line)]
     if tensorboard:
-      # tensorboardX writes event files without importing TensorFlow.
+      # tensorboardX writes event files without importing TensorFlow; remote paths go
+      # through epath (its own gs:// writer would need google-cloud-storage).
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, 'tensorboard'))
+      from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+      logdir = os.fspath(workdir_path / 'tensorboard')
+      if not is_local(logdir):
+        record_writer.register_writer_factory(logdir.split('://')[0], _EpathRecordFiles())
+      self._tb = SummaryWriter(logdir=logdir)
 
   def discard_after(self, step: int) -> None:
-    """Drops records of steps after `step` (and a line cut short by a crash) from
-    metrics.jsonl, so a run resumed from the checkpoint at `step` logs each step once."""
+    """Drops records of steps after `step` from metrics.jsonl, so a run resumed from the
+    checkpoint at `step` logs each step once."""
     if not self.enabled:
       return
-    path = self._jsonl.name
-    self._jsonl.close()
-    kept = []
-    with open(path, encoding='utf-8') as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if record.get('step', 0) <= step:
-          kept.append(line if line.endswith('\n') else line + '\n')
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-      f.writelines(kept)
-    os.replace(path + '.tmp', path)
-    self._jsonl = open(path, 'a', encoding='utf-8')
+    self._lines = [line for line in self._lines if json.loads(line).get('step', 0) <= step]
+    write_file(self._path, ''.join(line + '\n' for line in self._lines))
 
   def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step), 'split': split}
     record.update({k: _to_python(v) for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    self._lines.append(json.dumps(record))
+    write_file(self._path, ''.join(line + '\n' for line in self._lines))
     scalars = {k: v for k, v in record.items() if _is_scalar(v) and k != 'step'}
     logging.info('[%s] step %d: %s', split, step,
                  ', '.join(f'{k}={v:.4g}' for k, v in scalars.items()))
@@ -158,12 +199,18 @@ class MetricWriter:
       self._tb.flush()
 
   def close(self) -> None:
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def _parses(line: str) -> bool:
+  """False for a blank line or one cut short by a crash."""
+  try:
+    json.loads(line)
+    return True
+  except json.JSONDecodeError:
+    return False
 
 
 def _to_python(v: Any) -> Any:
@@ -175,7 +222,6 @@ def _to_python(v: Any) -> Any:
   return v
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """All records of a metrics.jsonl file (for tests, sweeps and plots)."""
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]

@@ -314,9 +314,7 @@ def write_run_info(workdir: str, state: TrainState, run: _Run) -> None:
           'params_by_part': model_lib.param_counts_by_part(state.params),
           'device_count': jax.device_count(), 'process_count': jax.process_count(),
           'backend': jax.default_backend(), 'parallel': run.config.train.parallel}
-  with open(os.path.join(workdir, RUN_INFO), 'w', encoding='utf-8') as f:
-    json.dump(info, f, indent=2)
-    f.write('\n')
+  metrics_lib.write_file(os.path.join(workdir, RUN_INFO), json.dumps(info, indent=2) + '\n')
 
 
 def make_checkpointer(config: Any, workdir: str) -> checkpointing.Checkpointer:

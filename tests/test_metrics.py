@@ -1,6 +1,7 @@
 """Metrics: confusion matrix on device (with padding mask), derived metrics vs scikit-learn,
 and the writers (metrics.jsonl, TensorBoard events without importing TensorFlow)."""
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -107,3 +108,41 @@ def test_disabled_writer_writes_nothing(tmp_path):
   w.write(1, 'train', {'loss': 1.0})
   w.close()
   assert not os.path.exists(tmp_path / 'w')
+
+
+def test_workdir_files_go_through_epath_so_gs_paths_work(tmp_path, monkeypatch):
+  """metrics.jsonl, TensorBoard events and config.json on a gs:// workdir, with epath's
+  backend mocked onto a local directory (no bucket, no network)."""
+  from etils import epath
+  from etils.epath import gpath
+  from etils.epath import testing as epath_testing
+  # With TensorFlow installed epath routes gs:// to tf.io.gfile, bypassing mock_epath.
+  monkeypatch.setattr(gpath, '_is_tf_installed', lambda: False)
+  import ml_collections
+  from crossmodal import config_utils
+
+  def local(path):
+    assert str(path).startswith('gs://bucket/'), path  # every access is a gs:// access
+    return str(path).replace('gs://bucket', str(tmp_path))
+
+  one = lambda fn, path, *a, **k: fn(local(path), *a, **k)  # noqa: E731
+  two = lambda fn, src, dst, *a, **k: fn(local(src), local(dst), *a, **k)  # noqa: E731
+  with epath_testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, glob=one,
+                                makedirs=one, mkdir=one, remove=one, stat=one, rmtree=one,
+                                rename=two, replace=two, copy=two):
+    writer = metrics.MetricWriter('gs://bucket/run')
+    writer.write(1, 'train', {'loss': 1.0})
+    writer.write(2, 'train', {'loss': 0.5})
+    writer.close()
+    resumed = metrics.MetricWriter('gs://bucket/run')  # a restart from step 1
+    resumed.discard_after(1)
+    resumed.write(2, 'train', {'loss': 0.25})
+    resumed.close()
+    config_utils.write_config(ml_collections.ConfigDict({'seed': 3}), 'gs://bucket/run')
+    records = metrics.read_jsonl('gs://bucket/run/metrics.jsonl')
+    assert epath.Path('gs://bucket/run/config.json').exists()
+  assert [(r['step'], r['loss']) for r in records] == [(1, 1.0), (2, 0.25)]
+  assert metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl') == records
+  assert json.loads((tmp_path / 'run' / 'config.json').read_text()) == {'seed': 3}
+  events = list((tmp_path / 'run' / 'tensorboard').glob('events.out.tfevents.*'))
+  assert events and all(e.stat().st_size > 0 for e in events)

@@ -1,0 +1,210 @@
+r"""Cloud TPU VM launcher: create a TPU VM (or pod slice), install this repo on every worker,
+run an experiment or a sweep on all workers at once, stream logs, delete the VM.
+
+  # everything, from a clean slate to a deleted VM (add --dry_run to print the commands only):
+  python scripts/tpu_vm.py all --name=xm --zone=us-central2-b --accelerator=v4-32 \
+      --config=experiments/avmnist.py:fusion=crossattn --workdir=gs://BUCKET/runs/crossattn \
+      --data_dir=gs://BUCKET/tfds --prepare=pca
+
+  # or step by step:
+  python scripts/tpu_vm.py create  --name=xm --zone=... --accelerator=v4-32
+  python scripts/tpu_vm.py setup   --name=xm --zone=...
+  python scripts/tpu_vm.py run     --name=xm --zone=... --config=... --workdir=gs://... [-- --config.optim.lr=3e-4]
+  python scripts/tpu_vm.py sweep   --name=xm --zone=... --config=... --sweep=experiments/sweeps/fusion.py --root=gs://... --seeds=3
+  python scripts/tpu_vm.py logs    --name=xm --zone=...
+  python scripts/tpu_vm.py delete  --name=xm --zone=...
+
+How it works: `setup` copies `git archive HEAD` (the committed code, nothing else) to every
+worker and installs it with JAX's TPU build. `run` starts the same `python -m crossmodal.main`
+command on all workers in the background (`--worker=all`); on a TPU VM slice each process
+calls `jax.distributed.initialize()` by itself and the run is data-parallel over every chip of
+every host. Workdirs and TFDS data dirs should be `gs://` paths, which the code reaches through
+etils.epath / tf.io.gfile (metrics, config), Orbax (checkpoints) and TFDS (data); the dataset is
+prepared once, on worker 0, before the run (`--prepare=<builder config>`), because every host
+preparing the same shared data_dir at once would race. `sweep` runs the sweep's commands one
+after another on all workers; each run resumes from its gs:// checkpoints if restarted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REMOTE_DIR = 'crossmodal'
+REMOTE_LOG = 'crossmodal_run.log'
+# JAX's TPU build, pinned to the jax version in pyproject.toml.
+JAX_TPU = 'jax[tpu]==0.10.2'
+LIBTPU_INDEX = 'https://storage.googleapis.com/jax-releases/libtpu_releases.html'
+DEFAULT_RUNTIME = 'tpu-ubuntu2204-base'
+
+
+def _gcloud(args: argparse.Namespace, verb: str, *rest: str) -> list[str]:
+  cmd = ['gcloud', 'compute', 'tpus', 'tpu-vm', verb, *rest, f'--zone={args.zone}']
+  if args.project:
+    cmd.append(f'--project={args.project}')
+  return cmd
+
+
+def _ssh(args: argparse.Namespace, command: str, worker: str = 'all') -> list[str]:
+  return _gcloud(args, 'ssh', args.name, f'--worker={worker}', f'--command={command}')
+
+
+def create_commands(args) -> list[list[str]]:
+  cmd = _gcloud(args, 'create', args.name, f'--accelerator-type={args.accelerator}',
+                f'--version={args.runtime}')
+  if args.spot:
+    cmd.append('--spot')
+  return [cmd]
+
+
+def setup_commands(args) -> list[list[str]]:
+  archive = '/tmp/crossmodal.tar.gz'
+  install = ' && '.join([
+      f'rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR}',
+      f'tar -xzf crossmodal.tar.gz -C {REMOTE_DIR}',
+      f'cd {REMOTE_DIR}',
+      'python3 -m venv .venv',
+      '.venv/bin/pip install -q --upgrade pip',
+      '.venv/bin/pip install -q -e .',
+      f'.venv/bin/pip install -q {shlex.quote(JAX_TPU)} -f {LIBTPU_INDEX}',
+      '.venv/bin/python -c "import jax; print(jax.device_count(), jax.devices()[0].platform)"',
+  ])
+  return [
+      ['git', '-C', REPO, 'archive', '--format=tar.gz', f'--output={archive}', 'HEAD'],
+      _gcloud(args, 'scp', archive, f'{args.name}:crossmodal.tar.gz', '--worker=all'),
+      _ssh(args, install),
+  ]
+
+
+def _prepare_command(args) -> list[list[str]]:
+  if not args.prepare:
+    return []
+  configs = ' '.join(f'--config {shlex.quote(c)}' for c in args.prepare.split(','))
+  data_dir = f' --data_dir {shlex.quote(args.data_dir)}' if args.data_dir else ''
+  return [_ssh(args, f'cd {REMOTE_DIR} && .venv/bin/python scripts/prepare_data.py '
+                     f'{configs}{data_dir}', worker='0')]
+
+
+def _main_command(args, config: str, workdir: str, extra: Sequence[str]) -> str:
+  parts = ['.venv/bin/python', '-m', 'crossmodal.main', f'--config={config}',
+           f'--workdir={workdir}', *extra]
+  if args.data_dir:
+    parts.append(f'--config.data.data_dir={args.data_dir}')
+  return shlex.join(parts)
+
+
+def run_commands(args, background: bool = True) -> list[list[str]]:
+  """Starts the experiment on all workers (in the background: `logs` follows worker 0)."""
+  if not args.config or not args.workdir:
+    raise SystemExit('run: --config and --workdir are required')
+  main = _main_command(args, args.config, args.workdir, args.extra)
+  if background:
+    start = f'cd {REMOTE_DIR} && nohup {main} > ~/{REMOTE_LOG} 2>&1 &'
+  else:
+    start = f'set -o pipefail && cd {REMOTE_DIR} && {main} 2>&1 | tee ~/{REMOTE_LOG}'
+  return _prepare_command(args) + [_ssh(args, start)]
+
+
+def sweep_commands(args) -> list[list[str]]:
+  """The sweep's runs, one after another, each on all workers (foreground)."""
+  sys.path.insert(0, REPO)
+  from crossmodal import ablate  # pylint: disable=g-import-not-at-top
+  if not args.config or not args.sweep or not args.root:
+    raise SystemExit('sweep: --config, --sweep and --root are required')
+  variants = ablate.load_sweep(args.sweep)
+  runs = ablate.plan(args.config, variants, range(args.seeds), args.root, python='python')
+  commands = _prepare_command(args)
+  for run in runs:
+    # plan() gives [python, -m, crossmodal.main, --config=..., --workdir=..., rest...].
+    config = run.command[3].split('=', 1)[1]
+    rest = [*run.command[5:], *args.extra]
+    main = _main_command(args, config, run.workdir, rest)
+    commands.append(_ssh(args, f'cd {REMOTE_DIR} && {main} >> ~/{REMOTE_LOG} 2>&1'))
+  return commands
+
+
+def logs_commands(args) -> list[list[str]]:
+  return [_ssh(args, f'tail -n 200 -f ~/{REMOTE_LOG}', worker='0')]
+
+
+def delete_commands(args) -> list[list[str]]:
+  return [_gcloud(args, 'delete', args.name, '--quiet')]
+
+
+STEPS = {'create': create_commands, 'setup': setup_commands, 'run': run_commands,
+         'sweep': sweep_commands, 'logs': logs_commands, 'delete': delete_commands}
+
+
+def commands_for(args) -> list[list[str]]:
+  if args.action == 'all':
+    # The run goes in the foreground here, so the VM is deleted only after it ends.
+    return (create_commands(args) + setup_commands(args) + run_commands(args, background=False)
+            + delete_commands(args))
+  return STEPS[args.action](args)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  extra = []
+  if '--' in argv:  # everything after -- goes to crossmodal.main unchanged
+    extra = argv[argv.index('--') + 1:]
+    argv = argv[:argv.index('--')]
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('action', choices=[*STEPS, 'all'])
+  p.add_argument('--name', required=True, help='TPU VM name')
+  p.add_argument('--zone', required=True)
+  p.add_argument('--project', default=None)
+  p.add_argument('--accelerator', default='v4-8', help='e.g. v4-8, v4-32, v5litepod-16')
+  p.add_argument('--runtime', default=DEFAULT_RUNTIME, help='TPU VM software version')
+  p.add_argument('--spot', action='store_true', help='spot VM (preemptible: SIGTERM saves)')
+  p.add_argument('--config', default=None, help='path[:preset], relative to the repo')
+  p.add_argument('--workdir', default=None, help='gs://... workdir for run')
+  p.add_argument('--data_dir', default=None, help='gs://... TFDS data_dir')
+  p.add_argument('--prepare', default=None,
+                 help='comma-separated builder configs to prepare on worker 0 before running')
+  p.add_argument('--sweep', default=None, help='sweep file (sweep action)')
+  p.add_argument('--root', default=None, help='gs://... root for the sweep runs')
+  p.add_argument('--seeds', type=int, default=3)
+  p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  args = p.parse_args(argv)
+  args.extra = extra
+  for key in ('workdir', 'data_dir', 'root'):
+    value = getattr(args, key)
+    if value and not value.startswith('gs://'):
+      print(f'warning: --{key}={value} is not a gs:// path; each TPU host would write its own '
+            'local copy', file=sys.stderr)
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  commands = commands_for(args)
+  if args.dry_run:
+    for cmd in commands:
+      print(shlex.join(cmd))
+    return 0
+  if shutil.which('gcloud') is None:
+    print('error: gcloud is not installed or not on PATH (https://cloud.google.com/sdk); '
+          'use --dry_run to print the commands', file=sys.stderr)
+    return 2
+  delete = delete_commands(args)[0]
+  for i, cmd in enumerate(commands):
+    print('+', shlex.join(cmd), flush=True)
+    result = subprocess.run(cmd, check=False)
+    if result.returncode:
+      print(f'error: exit code {result.returncode}: {shlex.join(cmd)}', file=sys.stderr)
+      if args.action == 'all' and i > 0 and commands[-1] == delete:  # don't leave it billing
+        print('+', shlex.join(delete), flush=True)
+        subprocess.run(delete, check=False)
+      return result.returncode
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
