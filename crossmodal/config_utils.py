@@ -287,7 +287,7 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
       max_eval_batches=0,  # 0 = whole split
       modality_dropout=0.0,  # probability of hiding each modality of a training example
       parallel='jit',  # or 'pmap'
-      sync_every_step='auto',  # 'auto' = block on each step's loss on CPU only (NOTES.md)
+      sync_every_step='auto',  # 'auto' = block on each step's loss on CPU only (docs/architecture.md)
       dtype='float32',  # compute dtype; 'bfloat16' keeps params/optimizer state float32
   ))
   c.update(overrides)

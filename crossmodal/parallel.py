@@ -70,7 +70,7 @@ def resolve_sync_every_step(setting: str) -> bool:
   """`train.sync_every_step`: 'on', 'off' or 'auto' (= on for the CPU backend only).
 
   Why: with more simulated CPU devices than cores, steps dispatched without waiting can
-  deadlock in XLA's CPU all-reduce rendezvous (NOTES.md). Blocking on each train step's loss
+  deadlock in XLA's CPU all-reduce rendezvous (docs/architecture.md). Blocking on each train step's loss
   and each eval step's accumulator is the setting that is reliable here: the tests run jit
   and pmap on 8 CPU devices and 2 processes x 2 devices with it. On GPU/TPU the sync would
   only cost throughput, so 'auto' leaves it off there.

@@ -134,3 +134,8 @@ def test_bad_input_and_config_errors():
     features.mel_filterbank(features.FeatureParams(n_mels=200))
   with pytest.raises(ValueError, match='reflect'):
     features.log_mel(np.zeros(100, np.float32), features.features_config(pad_mode='reflect'))
+  # An option of the other log scale is an error, not silently ignored.
+  with pytest.raises(ValueError, match="top_db=40.0 is invalid: has no effect with log_scale='log'"):
+    features.features_config(log_scale='log', top_db=40.0)
+  with pytest.raises(ValueError, match="log_offset=0.01 is invalid: has no effect with log_scale='db'"):
+    features.features_config(log_offset=0.01)

@@ -77,6 +77,13 @@ class FeatureParams:
       fail('log_offset', self.log_offset, 'must be > 0')
     if self.top_db is not None and self.top_db < 0:
       fail('top_db', self.top_db, 'must be >= 0 or None')
+    # Options of the other log scale must keep their defaults: set but unused is an error.
+    unused = ('amin', 'top_db') if self.log_scale == 'log' else ('log_offset',)
+    for name in unused:
+      default = next(f.default for f in dataclasses.fields(self) if f.name == name)
+      if getattr(self, name) != default:
+        fail(name, getattr(self, name), f"has no effect with log_scale={self.log_scale!r} "
+             f'(leave it at {default!r})')
 
   @property
   def max_frequency(self) -> float:

@@ -36,7 +36,7 @@ Prefetching: `prefetch_threads` threads build whole batches ahead (enough for in
 array_record sources). `worker_count > 0` adds grain worker processes (`mp_prefetch`); worker w
 builds batches w, w + W, ... and grain returns them in order, so output is unchanged. Worker
 processes need picklable sources/transforms defined at module level and, in scripts, code
-under `if __name__ == '__main__':` (see /work/shared/NOTES.md).
+under `if __name__ == '__main__':` (grain's documented requirement for worker processes).
 """
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ def _head(items: list[str], n: int = 10) -> list[str]:
 
 
 def locate_manual_sources(manual_dir: str | os.PathLike, *, verify_checksums: bool = True) -> SourcePaths:
-    """Finds the sources in a directory laid out like /work/shared/data and checks them.
+    """Finds the sources in a directory laid out like ../shared/data and checks them.
 
     With `verify_checksums` the recordings are exactly those of the committed table (FSDD
     v1.0.10); without it every `{digit}_{speaker}_{index}.wav` in fsdd/recordings is used.
