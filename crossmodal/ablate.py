@@ -10,13 +10,18 @@ overrides. Each variant x seed is one ordinary `python -m crossmodal.main` run i
 would run by hand (`--dry_run` prints those commands, to send them elsewhere).
 
 Restarting a sweep continues it: a run whose `sweep_status.json` says `done` is skipped; any
-other run is started again and `main` resumes it from its latest checkpoint. A failed run stays
-in the table as failed, with the reason from its log, never silently dropped.
+other run (failed, preempted, interrupted) is started again and `main` resumes it from its
+latest checkpoint. A failed run stays in the table as failed, with the reason from its log,
+never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM), the run in progress
+gets SIGTERM too, which makes it save a checkpoint before it exits.
 
 Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the checkpoint
-chosen by validation accuracy, the `eval_test` record written by `--mode=train_and_eval`; the
-validation curve; training examples/s), `run_info.json` (parameter count) and
-`sweep_status.json` (wall time summed over attempts).
+chosen by validation accuracy: the `eval_test` record written by `--mode=train_and_eval`; the
+final periodic test accuracy; the validation curve; training examples/s), `run_info.json`
+(parameter count) and `sweep_status.json` (wall time summed over attempts). Reading goes
+through etils.epath, so `--report_only` / `--dry_run` also work on a gs:// root filled by runs
+on TPU VMs (scripts/tpu_vm.py sweep); a run without a status file counts as done once it has
+its `eval_test` record. Running needs a local root (the runner keeps each run's log there).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
@@ -36,12 +42,15 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from etils import epath
+
 STATUS = 'sweep_status.json'
 LOG = 'sweep.log'
 RUN_INFO = 'run_info.json'  # written by train.py
+PREEMPTED_EXIT_CODE = 75  # crossmodal.main: saved on SIGTERM, not finished
 CSV_FIELDS = ('variant', 'seed', 'status', 'test_accuracy', 'test_macro_f1',
-              'best_validation_accuracy', 'num_params', 'examples_per_sec', 'wall_time_s',
-              'workdir', 'error')
+              'final_test_accuracy', 'best_validation_accuracy', 'num_params',
+              'examples_per_sec', 'wall_time_s', 'workdir', 'error')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +126,7 @@ def plan(config: str, variants: Sequence[Variant], seeds: Sequence[int], root: s
 
 def read_status(workdir: str) -> dict[str, Any]:
   try:
-    with open(os.path.join(workdir, STATUS), encoding='utf-8') as f:
-      return json.load(f)
+    return json.loads((epath.Path(workdir) / STATUS).read_text())
   except (FileNotFoundError, json.JSONDecodeError):
     return {}
 
@@ -132,6 +140,10 @@ def _write_status(workdir: str, status: Mapping[str, Any]) -> None:
 
 def failure_reason(log_text: str, returncode: int) -> str:
   """One line: main's `error: ...` message, else the last exception line, else the signal."""
+  if returncode < 0:
+    return f'killed by signal {-returncode}'
+  if returncode == PREEMPTED_EXIT_CODE:
+    return 'preempted (SIGTERM): checkpoint saved, resumes on the next start'
   lines = [l.strip() for l in log_text.splitlines() if l.strip()]
   for line in reversed(lines):
     if line.startswith('error: '):
@@ -140,8 +152,6 @@ def failure_reason(log_text: str, returncode: int) -> str:
     head = line.split(':', 1)[0]
     if head.endswith(('Error', 'Exception')) and ' ' not in head:
       return line
-  if returncode < 0:
-    return f'killed by signal {-returncode}'
   return f'exit code {returncode}'
 
 
@@ -167,18 +177,26 @@ def execute(run: Run, poll_seconds: float = 10.0, env: Mapping[str, str] | None 
     log.flush()
     process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, **(env or {})})
-    while True:
-      try:
-        returncode = process.wait(timeout=poll_seconds)
-        break
-      except subprocess.TimeoutExpired:
-        status['wall_time_s'] = base_wall + time.monotonic() - start
-        _write_status(run.workdir, status)
+    try:
+      while True:
+        try:
+          returncode = process.wait(timeout=poll_seconds)
+          break
+        except subprocess.TimeoutExpired:
+          status['wall_time_s'] = base_wall + time.monotonic() - start
+          _write_status(run.workdir, status)
+    finally:
+      if process.poll() is None:  # the runner is being stopped: let the run save and exit
+        process.terminate()
+        process.wait()
   status['wall_time_s'] = base_wall + time.monotonic() - start
   status['returncode'] = returncode
   if returncode == 0:
     status['state'] = 'done'
     status.pop('error', None)
+  elif returncode == PREEMPTED_EXIT_CODE:
+    status['state'] = 'preempted'
+    status['error'] = failure_reason('', returncode)
   else:
     with open(os.path.join(run.workdir, LOG), encoding='utf-8', errors='replace') as f:
       attempt_log = f.read().rsplit('===== attempt ', 1)[-1]
@@ -207,27 +225,29 @@ def run_all(runs: Sequence[Run], parallel: int = 1, log=print) -> None:
       log(f'[{status["state"]}] {run.variant.name} seed {run.seed} '
           f'({status["wall_time_s"]:.0f} s){extra}')
 
-  if parallel <= 1:
+  if parallel <= 1 or len(runs) <= 1:
     for run in runs:
       one(run)
     return
+  # The first run alone: it prepares the dataset if needed, which concurrent runs would race.
+  one(runs[0])
   with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-    list(pool.map(one, runs))
+    list(pool.map(one, runs[1:]))
 
 
 # ----------------------------------------------------------------------------- collecting
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return []
   out = []
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue  # a line cut short by a crash
+  for line in path.read_text().splitlines():
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue  # a line cut short by a crash
   return out
 
 
@@ -239,11 +259,15 @@ def collect_run(run: Run) -> dict[str, Any]:
   row.update(variant=run.variant.name, seed=run.seed, workdir=run.workdir,
              status=status.get('state', 'not started'), error=status.get('error'),
              wall_time_s=status.get('wall_time_s'))
-  final = [r for r in records if r['split'] == 'eval_test']  # best-by-validation checkpoint
-  test = final or [r for r in records if r['split'] == 'test']
-  if test:
-    row['test_accuracy'] = test[-1]['accuracy']
-    row['test_macro_f1'] = test[-1]['macro_f1']
+  chosen = [r for r in records if r['split'] == 'eval_test']  # best-by-validation checkpoint
+  if chosen:
+    row['test_accuracy'] = chosen[-1]['accuracy']
+    row['test_macro_f1'] = chosen[-1]['macro_f1']
+    if not status:  # started outside this runner (--dry_run commands, TPU VM sweep)
+      row['status'] = 'done'
+  periodic = [r for r in records if r['split'] == 'test']
+  if periodic:
+    row['final_test_accuracy'] = periodic[-1]['accuracy']
   validation = [r['accuracy'] for r in records if r['split'] == 'validation']
   if validation:
     row['best_validation_accuracy'] = max(validation)
@@ -254,8 +278,8 @@ def collect_run(run: Run) -> dict[str, Any]:
   if speeds:
     row['examples_per_sec'] = speeds[len(speeds) // 2]
   try:
-    with open(os.path.join(run.workdir, RUN_INFO), encoding='utf-8') as f:
-      row['num_params'] = json.load(f)['num_params']
+    row['num_params'] = json.loads((epath.Path(run.workdir) / RUN_INFO).read_text())[
+        'num_params']
   except (FileNotFoundError, json.JSONDecodeError, KeyError):
     pass
   if row['status'] == 'done' and row['test_accuracy'] is None:
@@ -284,38 +308,46 @@ def aggregate(rows: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list[d
     agg: dict[str, Any] = {'variant': name, 'runs': len(mine), 'done': len(ok),
                            'failures': [(r['seed'], r['status'], r['error']) for r in mine
                                         if r['status'] != 'done']}
-    for key in ('test_accuracy', 'test_macro_f1', 'best_validation_accuracy',
-                'examples_per_sec', 'wall_time_s', 'num_params'):
+    for key in ('test_accuracy', 'test_macro_f1', 'final_test_accuracy',
+                'best_validation_accuracy', 'examples_per_sec', 'wall_time_s', 'num_params'):
       values = [r[key] for r in ok if r[key] is not None]
       agg[key] = _mean_std(values) if values else None
     out.append(agg)
   return out
 
 
-def _pm(value: tuple[float, float] | None, scale: float = 100.0, digits: int = 2) -> str:
+def _pm(value: tuple[float, float] | None, n: int, scale: float = 100.0,
+        digits: int = 2) -> str:
+  """'mean ± std', or just the mean when it comes from a single run."""
   if value is None:
     return '-'
-  return f'{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}'
+  mean = f'{value[0] * scale:.{digits}f}'
+  return mean if n < 2 else f'{mean} ± {value[1] * scale:.{digits}f}'
 
 
 def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
-  """Variant | test acc | macro-F1 | best val acc | params | examples/s | wall time | runs."""
-  done = [a for a in table if a['test_accuracy'] is not None]
-  best = max(done, key=lambda a: a['test_accuracy'][0])['variant'] if done else None
-  lines = ['| variant | test accuracy (%) | test macro-F1 (%) | best val. accuracy (%) | '
-           'params | examples/s | wall time (s) | runs |',
-           '|---|---|---|---|---|---|---|---|']
+  """Variant | test acc | macro-F1 | final test acc | best val acc | params | examples/s |
+  wall time | runs. The best row (highest mean test accuracy among variants whose runs all
+  finished) is marked."""
+  complete = [a for a in table if a['test_accuracy'] is not None and a['done'] == a['runs']]
+  best = max(complete, key=lambda a: a['test_accuracy'][0])['variant'] if complete else None
+  lines = ['| variant | test accuracy (%) | test macro-F1 (%) | final test accuracy (%) | '
+           'best val. accuracy (%) | params | examples/s | wall time (s) | runs |',
+           '|---|---|---|---|---|---|---|---|---|']
   for a in table:
     name = f'**{a["variant"]}** (best)' if a['variant'] == best else a['variant']
-    runs = f'{a["done"]}/{a["runs"]}'
+    n = a['done']
+    runs = f'{n}/{a["runs"]}'
     if a['failures']:
       reasons = '; '.join(f'seed {s} {state}' + (f': {err}' if err else '')
                           for s, state, err in a['failures'])
       runs += f' ({reasons})'.replace('|', '\\|')
     params = f'{a["num_params"][0]:,.0f}' if a['num_params'] else '-'
-    lines.append(f'| {name} | {_pm(a["test_accuracy"])} | {_pm(a["test_macro_f1"])} | '
-                 f'{_pm(a["best_validation_accuracy"])} | {params} | '
-                 f'{_pm(a["examples_per_sec"], 1, 0)} | {_pm(a["wall_time_s"], 1, 0)} | {runs} |')
+    lines.append(f'| {name} | {_pm(a["test_accuracy"], n)} | {_pm(a["test_macro_f1"], n)} | '
+                 f'{_pm(a["final_test_accuracy"], n)} | '
+                 f'{_pm(a["best_validation_accuracy"], n)} | {params} | '
+                 f'{_pm(a["examples_per_sec"], n, 1, 0)} | {_pm(a["wall_time_s"], n, 1, 0)} | '
+                 f'{runs} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -338,8 +370,7 @@ def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> 
   ax.set_ylabel('test accuracy (%)')
   ax.set_title('mean ± std over seeds')
   fig.tight_layout()
-  paths.append(os.path.join(root, 'accuracy.png'))
-  fig.savefig(paths[-1], dpi=120)
+  paths.append(_save_figure(fig, os.path.join(root, 'accuracy.png')))
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -357,24 +388,30 @@ def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> 
   ax.set_ylabel('validation accuracy (%)')
   ax.legend(fontsize='small', ncol=2)
   fig.tight_layout()
-  paths.append(os.path.join(root, 'validation_curves.png'))
-  fig.savefig(paths[-1], dpi=120)
+  paths.append(_save_figure(fig, os.path.join(root, 'validation_curves.png')))
   plt.close(fig)
   return paths
 
 
+def _save_figure(fig, path: str) -> str:
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=120)
+  epath.Path(path).write_bytes(buffer.getvalue())
+  return path
+
+
 def report(runs: Sequence[Run], root: str, order: Sequence[str]) -> tuple[str, list[dict]]:
   """Writes results.csv, results.md and the plots under `root`; returns the table text."""
-  os.makedirs(root, exist_ok=True)
+  epath.Path(root).mkdir(parents=True, exist_ok=True)
   rows = [collect_run(r) for r in runs]
-  with open(os.path.join(root, 'results.csv'), 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, CSV_FIELDS)
+  writer.writeheader()
+  writer.writerows(rows)
+  (epath.Path(root) / 'results.csv').write_text(buffer.getvalue())
   table = aggregate(rows, order)
   text = markdown_table(table)
-  with open(os.path.join(root, 'results.md'), 'w', encoding='utf-8') as f:
-    f.write(text)
+  (epath.Path(root) / 'results.md').write_text(text)
   plot(runs, table, root)
   return text, rows
 
@@ -424,6 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(shlex.join(r.command))
     return 0
   if not args.report_only:
+    if '://' in args.root:
+      print(f'error: --root={args.root}: running needs a local directory (use --dry_run or '
+            '--report_only for a gs:// root, or scripts/tpu_vm.py sweep)', file=sys.stderr)
+      return 2
     run_all(runs, args.parallel)
   text, rows = report(runs, args.root, [v.name for v in variants])
   print(text)

@@ -11,8 +11,9 @@ Modes: train (the loop, with periodic evaluation), eval (evaluate --checkpoint=l
 of the workdir), train_and_eval (train, then evaluate the best-by-validation checkpoint).
 Starting again on the same workdir resumes from its latest checkpoint.
 
-Multi-host: pass --num_processes/--process_id/--coordinator_address (or the JAX_* environment
-variables); on a Cloud TPU VM slice nothing is needed.
+Multi-host: --distributed on a Cloud TPU VM slice (or Slurm / Open MPI), where JAX detects the
+cluster; elsewhere --num_processes/--process_id/--coordinator_address (or the JAX_* environment
+variables).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ml_collections import config_flags
 from crossmodal import config_utils
 
 MODES = ('train', 'eval', 'train_and_eval')
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; run again to resume
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, `path[:arg]` (arg goes to get_config).',
@@ -42,6 +44,9 @@ _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'Multi-process: host:port of process 0 (jax.distributed).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Multi-process with auto-detected settings: jax.distributed.initialize() '
+    'with no arguments (Cloud TPU VM slices, Slurm, Open MPI).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 SYNTHETIC_COMMAND = ('python -m crossmodal.main --config=experiments/synthetic.py '
@@ -132,7 +137,8 @@ def main(argv: Sequence[str]) -> None:
     _fail(f'unexpected arguments {list(argv[1:])}; options are --flag=value')
   # jax is imported only now: initialize_distributed must precede any other JAX call.
   from crossmodal import parallel  # pylint: disable=g-import-not-at-top
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  auto_detect=_DISTRIBUTED.value)
   import jax  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   try:
@@ -168,7 +174,7 @@ def main(argv: Sequence[str]) -> None:
       if result.preempted:
         print(f'preempted: saved step {result.step} in {workdir}; run the same command again '
               'to resume', flush=True)
-        return
+        sys.exit(PREEMPTED_EXIT_CODE)
       _report(f'trained to step {result.step}', result.metrics)
     if _MODE.value in ('eval', 'train_and_eval'):
       _report(f'evaluated the {which} checkpoint', train.evaluate(config, workdir, checkpoint))

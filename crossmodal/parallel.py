@@ -36,13 +36,16 @@ SYNC_CHOICES = ('auto', 'on', 'off')
 
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+                           process_id: int | None = None,
+                           auto_detect: bool = False) -> bool:
   """Starts `jax.distributed` when more than one process is configured; returns whether it did.
 
   Configured means: explicit arguments (main.py flags), or the environment variables
-  JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID, or a multi-host Cloud TPU VM
-  (TPU_WORKER_HOSTNAMES lists several hosts; JAX then detects everything itself). A plain
-  single machine needs nothing and is left alone. Must run before any other JAX call.
+  JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID, or `auto_detect` (main.py's
+  --distributed: JAX detects the cluster itself on Cloud TPU VMs, Slurm and Open MPI; what
+  scripts/tpu_vm.py passes), or a multi-host Cloud TPU VM whose environment lists several
+  TPU_WORKER_HOSTNAMES. A plain single machine needs nothing and is left alone. Must run
+  before any other JAX call.
   """
   env = os.environ
   coordinator_address = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS')
@@ -60,7 +63,7 @@ def initialize_distributed(coordinator_address: str | None = None,
                                num_processes=num_processes, process_id=process_id)
     return True
   hosts = env.get('TPU_WORKER_HOSTNAMES', '')
-  if len([h for h in hosts.split(',') if h]) > 1:
+  if auto_detect or len([h for h in hosts.split(',') if h]) > 1:
     jax.distributed.initialize()  # Cloud TPU VM slice: JAX auto-detects the cluster.
     return True
   return False

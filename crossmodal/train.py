@@ -373,7 +373,7 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
     start_step = int(meta['step'])
     logging.info('resumed from %s step %d (input position %d)', ckpt.directory, start_step,
                  position)
-    writer.discard_after(start_step)  # steps after the checkpoint are about to be redone
+  writer.discard_after(start_step)  # records after the checkpoint (if any) are redone now
   if jax.process_index() == 0:  # After a successful restore: a mismatched config never lands.
     config_utils.write_config(config, workdir)
     write_run_info(workdir, state, run)

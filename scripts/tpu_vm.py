@@ -15,14 +15,18 @@ run an experiment or a sweep on all workers at once, stream logs, delete the VM.
   python scripts/tpu_vm.py delete  --name=xm --zone=...
 
 How it works: `setup` copies `git archive HEAD` (the committed code, nothing else) to every
-worker and installs it with JAX's TPU build. `run` starts the same `python -m crossmodal.main`
-command on all workers in the background (`--worker=all`); on a TPU VM slice each process
-calls `jax.distributed.initialize()` by itself and the run is data-parallel over every chip of
-every host. Workdirs and TFDS data dirs should be `gs://` paths, which the code reaches through
+worker and installs it with JAX's TPU build into a Python 3.11 venv made by uv. `run` starts
+the same `python -m crossmodal.main` command on all workers (`--worker=all`), detached from the
+ssh session; each process calls `jax.distributed.initialize()`, which detects the slice, and
+the run is data-parallel over every chip of
+every host (`--distributed`). Workdirs and TFDS data dirs should be `gs://` paths, which the code reaches through
 etils.epath / tf.io.gfile (metrics, config), Orbax (checkpoints) and TFDS (data); the dataset is
 prepared once, on worker 0, before the run (`--prepare=<builder config>`), because every host
-preparing the same shared data_dir at once would race. `sweep` runs the sweep's commands one
-after another on all workers; each run resumes from its gs:// checkpoints if restarted.
+preparing the same shared data_dir at once would race. `all` polls worker 0 for the run's exit
+code and deletes the VM only after the run has ended. `sweep` runs the sweep's commands one
+after another on all workers, going on past a failed run; a sweep started again resumes each
+unfinished run from its gs:// checkpoints, and `python scripts/ablate.py ... --root=gs://...
+--report_only` collects the results.
 """
 from __future__ import annotations
 
@@ -32,15 +36,21 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REMOTE_DIR = 'crossmodal'
 REMOTE_LOG = 'crossmodal_run.log'
-# JAX's TPU build, pinned to the jax version in pyproject.toml.
+REMOTE_EXIT = 'crossmodal_run.exit'  # exit code of the last `run`, written when it ends
+# JAX's TPU build, pinned to the jax version in pyproject.toml (the extra pins libtpu).
 JAX_TPU = 'jax[tpu]==0.10.2'
 LIBTPU_INDEX = 'https://storage.googleapis.com/jax-releases/libtpu_releases.html'
-DEFAULT_RUNTIME = 'tpu-ubuntu2204-base'
+# TPU VM software versions per generation (accelerator type prefix); override with --runtime.
+RUNTIMES = {'v2': 'tpu-ubuntu2204-base', 'v3': 'tpu-ubuntu2204-base',
+            'v4': 'tpu-ubuntu2204-base', 'v5litepod': 'v2-alpha-tpuv5-lite',
+            'v5p': 'v2-alpha-tpuv5', 'v6e': 'v2-alpha-tpuv6e'}
+POLL_SECONDS = 60
 
 
 def _gcloud(args: argparse.Namespace, verb: str, *rest: str) -> list[str]:
@@ -55,8 +65,12 @@ def _ssh(args: argparse.Namespace, command: str, worker: str = 'all') -> list[st
 
 
 def create_commands(args) -> list[list[str]]:
+  runtime = args.runtime or RUNTIMES.get(args.accelerator.split('-')[0])
+  if runtime is None:
+    raise SystemExit(f'create: no default runtime for --accelerator={args.accelerator}; '
+                     f'pass --runtime (known generations: {sorted(RUNTIMES)})')
   cmd = _gcloud(args, 'create', args.name, f'--accelerator-type={args.accelerator}',
-                f'--version={args.runtime}')
+                f'--version={runtime}')
   if args.spot:
     cmd.append('--spot')
   return [cmd]
@@ -68,10 +82,11 @@ def setup_commands(args) -> list[list[str]]:
       f'rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR}',
       f'tar -xzf crossmodal.tar.gz -C {REMOTE_DIR}',
       f'cd {REMOTE_DIR}',
-      'python3 -m venv .venv',
-      '.venv/bin/pip install -q --upgrade pip',
-      '.venv/bin/pip install -q -e .',
-      f'.venv/bin/pip install -q {shlex.quote(JAX_TPU)} -f {LIBTPU_INDEX}',
+      # TPU VM images ship Python 3.10; the project pins 3.11, which uv provides.
+      'python3 -m pip install -q --user uv',
+      '~/.local/bin/uv venv -q --python 3.11 .venv',
+      f'~/.local/bin/uv pip install -q --python .venv/bin/python -e . {shlex.quote(JAX_TPU)} '
+      f'-f {LIBTPU_INDEX}',
       '.venv/bin/python -c "import jax; print(jax.device_count(), jax.devices()[0].platform)"',
   ])
   return [
@@ -91,23 +106,28 @@ def _prepare_command(args) -> list[list[str]]:
 
 
 def _main_command(args, config: str, workdir: str, extra: Sequence[str]) -> str:
-  parts = ['.venv/bin/python', '-m', 'crossmodal.main', f'--config={config}',
+  parts = ['.venv/bin/python', '-m', 'crossmodal.main', '--distributed', f'--config={config}',
            f'--workdir={workdir}', *extra]
   if args.data_dir:
     parts.append(f'--config.data.data_dir={args.data_dir}')
   return shlex.join(parts)
 
 
-def run_commands(args, background: bool = True) -> list[list[str]]:
-  """Starts the experiment on all workers (in the background: `logs` follows worker 0)."""
+def run_commands(args) -> list[list[str]]:
+  """Starts the experiment on all workers, detached from the ssh session (an ssh drop must not
+  kill training); `logs` follows worker 0, and the exit code lands in ~/crossmodal_run.exit."""
   if not args.config or not args.workdir:
     raise SystemExit('run: --config and --workdir are required')
   main = _main_command(args, args.config, args.workdir, args.extra)
-  if background:
-    start = f'cd {REMOTE_DIR} && nohup {main} > ~/{REMOTE_LOG} 2>&1 &'
-  else:
-    start = f'set -o pipefail && cd {REMOTE_DIR} && {main} 2>&1 | tee ~/{REMOTE_LOG}'
+  job = shlex.quote(f'cd {REMOTE_DIR} && {main} > ~/{REMOTE_LOG} 2>&1; '
+                    f'echo $? > ~/{REMOTE_EXIT}')
+  start = f'rm -f ~/{REMOTE_EXIT}; setsid nohup bash -c {job} < /dev/null > /dev/null 2>&1 &'
   return _prepare_command(args) + [_ssh(args, start)]
+
+
+def poll_command(args) -> list[str]:
+  """Prints worker 0's exit code once the run has ended, or 'running'."""
+  return _ssh(args, f'cat ~/{REMOTE_EXIT} 2>/dev/null || echo running', worker='0')
 
 
 def sweep_commands(args) -> list[list[str]]:
@@ -141,11 +161,22 @@ STEPS = {'create': create_commands, 'setup': setup_commands, 'run': run_commands
 
 
 def commands_for(args) -> list[list[str]]:
+  """The commands of an action. For 'all', the run is followed by polling (see `main`)."""
   if args.action == 'all':
-    # The run goes in the foreground here, so the VM is deleted only after it ends.
-    return (create_commands(args) + setup_commands(args) + run_commands(args, background=False)
-            + delete_commands(args))
+    return (create_commands(args) + setup_commands(args) + run_commands(args)
+            + [poll_command(args)] + delete_commands(args))
   return STEPS[args.action](args)
+
+
+def wait_for_run(args) -> int:
+  """Polls worker 0 until the run's exit code appears; ssh failures are retried, not fatal."""
+  cmd = poll_command(args)
+  while True:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    answer = result.stdout.strip().splitlines()[-1:] if result.returncode == 0 else []
+    if answer and answer[0].lstrip('-').isdigit():
+      return int(answer[0])
+    time.sleep(POLL_SECONDS)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -161,7 +192,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--zone', required=True)
   p.add_argument('--project', default=None)
   p.add_argument('--accelerator', default='v4-8', help='e.g. v4-8, v4-32, v5litepod-16')
-  p.add_argument('--runtime', default=DEFAULT_RUNTIME, help='TPU VM software version')
+  p.add_argument('--runtime', default=None,
+                 help='TPU VM software version (default: by generation, see RUNTIMES)')
   p.add_argument('--spot', action='store_true', help='spot VM (preemptible: SIGTERM saves)')
   p.add_argument('--config', default=None, help='path[:preset], relative to the repo')
   p.add_argument('--workdir', default=None, help='gs://... workdir for run')
@@ -193,17 +225,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     print('error: gcloud is not installed or not on PATH (https://cloud.google.com/sdk); '
           'use --dry_run to print the commands', file=sys.stderr)
     return 2
-  delete = delete_commands(args)[0]
+  poll, delete = poll_command(args), delete_commands(args)[0]
+  failures = 0
   for i, cmd in enumerate(commands):
     print('+', shlex.join(cmd), flush=True)
-    result = subprocess.run(cmd, check=False)
-    if result.returncode:
-      print(f'error: exit code {result.returncode}: {shlex.join(cmd)}', file=sys.stderr)
-      if args.action == 'all' and i > 0 and commands[-1] == delete:  # don't leave it billing
-        print('+', shlex.join(delete), flush=True)
-        subprocess.run(delete, check=False)
-      return result.returncode
-  return 0
+    if cmd == poll:  # 'all': wait for the run to end before deleting the VM
+      code = wait_for_run(args)
+      print(f'run ended with exit code {code}; log: ~/{REMOTE_LOG} on worker 0', flush=True)
+      failures += code != 0
+      continue
+    returncode = subprocess.run(cmd, check=False).returncode
+    if not returncode:
+      continue
+    print(f'error: exit code {returncode}: {shlex.join(cmd)}', file=sys.stderr)
+    failures += 1
+    if args.action == 'sweep':
+      continue  # the next run does not depend on this one; failures are reported at the end
+    if args.action == 'all' and i > 0 and delete in commands[i + 1:]:
+      print('+', shlex.join(delete), flush=True)  # don't leave a VM running (and billing)
+      subprocess.run(delete, check=False)
+    return returncode
+  if failures:
+    print(f'error: {failures} command(s) failed', file=sys.stderr)
+  return 1 if failures else 0
 
 
 if __name__ == '__main__':

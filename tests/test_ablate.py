@@ -94,23 +94,33 @@ def test_sweep_runs_reports_failures_skips_and_resumes(sweep_file, tmp_path, cap
   for png in ('accuracy.png', 'validation_curves.png'):
     assert os.path.getsize(os.path.join(root, png)) > 1000
 
+  # A run started from the printed commands (no status file) counts once it has eval_test.
+  os.remove(os.path.join(root, 'concat', 'seed1', ablate.STATUS))
+  assert ablate.collect_run(runs[1])['status'] == 'done'
+  os.remove(os.path.join(root, 'concat', 'seed1', 'metrics.jsonl'))
+  assert ablate.collect_run(runs[1])['status'] == 'not started'
+
   # Started again: finished runs are skipped (not re-run), failed ones are retried.
   assert ablate.main(args) == 1
   out = capsys.readouterr().out
-  assert out.count('[skip]') == 4 and '[resume] broken seed 0' in out
+  assert out.count('[skip]') == 3 and '[resume] broken seed 0' in out
+  assert '[start] concat seed 1' in out  # its results were removed above: run again
   assert ablate.read_status(sum0.workdir)['attempts'] == 2
 
 
 def test_aggregate_and_table_on_hand_made_rows():
   rows = [
       {'variant': 'a', 'seed': 0, 'status': 'done', 'error': None, 'test_accuracy': 0.5,
-       'test_macro_f1': 0.4, 'best_validation_accuracy': 0.6, 'num_params': 10,
+       'test_macro_f1': 0.4, 'final_test_accuracy': 0.5, 'best_validation_accuracy': 0.6,
+       'num_params': 10,
        'examples_per_sec': 100.0, 'wall_time_s': 10.0},
       {'variant': 'a', 'seed': 1, 'status': 'done', 'error': None, 'test_accuracy': 0.7,
-       'test_macro_f1': 0.6, 'best_validation_accuracy': 0.8, 'num_params': 10,
+       'test_macro_f1': 0.6, 'final_test_accuracy': 0.7, 'best_validation_accuracy': 0.8,
+       'num_params': 10,
        'examples_per_sec': 300.0, 'wall_time_s': 30.0},
       {'variant': 'b', 'seed': 0, 'status': 'failed', 'error': 'boom', 'test_accuracy': None,
-       'test_macro_f1': None, 'best_validation_accuracy': None, 'num_params': None,
+       'test_macro_f1': None, 'final_test_accuracy': None, 'best_validation_accuracy': None,
+       'num_params': None,
        'examples_per_sec': None, 'wall_time_s': 1.0},
   ]
   table = ablate.aggregate(rows, ['a', 'b'])
@@ -118,9 +128,12 @@ def test_aggregate_and_table_on_hand_made_rows():
   assert mean == pytest.approx(0.6) and std == pytest.approx(0.1414213, abs=1e-6)  # ddof=1
   assert table[1]['failures'] == [(0, 'failed', 'boom')] and table[1]['test_accuracy'] is None
   text = ablate.markdown_table(table)
-  assert '| **a** (best) | 60.00 ± 14.14 | 50.00 ± 14.14 | 70.00 ± 14.14 | 10 | 200 ± 141 |' \
-      in text
-  assert '| b | - | - | - | - | - | - | 0/1 (seed 0 failed: boom) |' in text
+  assert ('| **a** (best) | 60.00 ± 14.14 | 50.00 ± 14.14 | 60.00 ± 14.14 | 70.00 ± 14.14 | 10 '
+          '| 200 ± 141 | 20 ± 14 | 2/2 |') in text
+  assert '| b | - | - | - | - | - | - | - | 0/1 (seed 0 failed: boom) |' in text
+  # One finished seed: no '± 0.00' pretending to be a spread.
+  single = ablate.markdown_table(ablate.aggregate(rows[:1], ['a']))
+  assert '| **a** (best) | 50.00 | 40.00 | 50.00 | 60.00 | 10 | 100 | 10 | 1/1 |' in single
 
 
 def test_failure_reason_prefers_main_error_then_exception():
@@ -129,3 +142,5 @@ def test_failure_reason_prefers_main_error_then_exception():
   assert ablate.failure_reason('Traceback\n  File "x"\nValueError: bad\n', 1) == \
       'ValueError: bad'
   assert ablate.failure_reason('', -9) == 'killed by signal 9'
+  assert ablate.failure_reason('ValueError: old\n', -15) == 'killed by signal 15'
+  assert ablate.failure_reason('', 75).startswith('preempted')

@@ -54,7 +54,7 @@ def test_experiment_files_found():
 def test_default_config_is_valid_and_documented(path):
   module = load(path)
   assert 'python -m crossmodal.main --config=experiments/' in module.__doc__
-  assert 'TODO' not in module.__doc__, 'the docstring must state the measured result
+  assert 'TODO' not in module.__doc__, 'the docstring must state the measured result'
   config = module.get_config()
   config_utils.validate(config, device_count=1, process_count=1)
 

@@ -420,7 +420,7 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
     def _save_pca(self, pca: PCA) -> None:
         """Stores the fitted basis beside the records (np.save is byte-deterministic, npz is not)."""
         for name in ("mean", "components", "explained_variance_ratio"):
-            with open(os.path.join(self.data_dir, f"pca_{name}.npy"), "wb") as f:
+            with (epath.Path(self.data_dir) / f"pca_{name}.npy").open("wb") as f:  # gs:// too
                 np.save(f, getattr(pca, name))
 
     def _download_and_prepare(self, dl_manager, download_config):
