@@ -224,6 +224,10 @@ def test_bad_inputs_raise_clear_errors():
   heads_bad = E.build_encoder('image', E.encoder_config('image', 'vit', num_heads=3), DIM)
   with pytest.raises(ValueError, match='num_heads=3'):
     jax.eval_shape(heads_bad.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1), jnp.uint8))
+  # On AV-MNIST's 28x28 the default LeNet's final map is 1x1: avg and flatten pooling agree.
+  pool = E.build_encoder('image', E.encoder_config('image', 'lenet', pool='avg'), DIM)
+  with pytest.raises(ValueError, match="pool='avg' has no effect on a 1x1 final map"):
+    jax.eval_shape(pool.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1), jnp.uint8))
 
 
 # ------------------------------------------------------------------ no dead options

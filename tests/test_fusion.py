@@ -164,6 +164,9 @@ def test_switch_of_another_type_is_rejected_with_valid_fields():
     ('bottleneck', {'fusion_layer': 3}, r'fusion_layer=3 must be in \[0, num_layers=2\]'),
     ('crossattn', {'self_attention_layers': 0}, 'needs self_attention_layers >= 1'),
     ('lowrank_tensor', {'rank': 0}, 'rank=0 must be >= 1'),
+    # Switches that would be accepted and silently have no effect:
+    ('crossattn', {'kv_source': 'updated', 'num_layers': 1}, 'set num_layers >= 2'),
+    ('bottleneck', {'fusion_layer': 2, 'num_bottlenecks': 8}, 'num_bottlenecks=8 has no effect'),
 ])
 def test_bad_switch_values_name_field_and_choices(fusion_type, overrides, match):
   with pytest.raises(ValueError, match=match):

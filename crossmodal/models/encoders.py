@@ -146,6 +146,11 @@ def _map_to_encoded(enc: _EncoderBase, fmap: jax.Array, token_map: jax.Array) ->
   """Conv maps [B,h,w,C] -> tokens (positions of `token_map` projected to D) and pooled
   (`fmap` globally averaged or flattened, then projected to D)."""
   _check_choice(enc, 'pool')
+  default_pool = next(f.default for f in dataclasses.fields(enc) if f.name == 'pool')
+  if fmap.shape[1:3] == (1, 1) and enc.pool != default_pool:
+    raise ValueError(f'{type(enc).__name__}: pool={enc.pool!r} has no effect on a 1x1 final '
+                     f'map (avg and flatten agree); leave pool at {default_pool!r}, or use a '
+                     'larger input or fewer layers')
   b, h, w, c = token_map.shape
   tokens = nn.Dense(enc.dim, name='token_proj', **enc._kw)(token_map.reshape(b, h * w, c))
   if enc.pool == 'avg':

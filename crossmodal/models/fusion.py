@@ -557,6 +557,12 @@ class BottleneckFusion(_AttentionFusionBase):
     if not 0 <= values['fusion_layer'] <= values['num_layers']:
       raise ValueError(f"fusion 'bottleneck': fusion_layer={values['fusion_layer']} must be in "
                        f"[0, num_layers={values['num_layers']}] (0 = early, num_layers = late)")
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == 'num_bottlenecks')
+    if values['fusion_layer'] == values['num_layers'] and values['num_bottlenecks'] != default:
+      raise ValueError(f"fusion 'bottleneck': num_bottlenecks={values['num_bottlenecks']} has no "
+                       f"effect with fusion_layer = num_layers = {values['num_layers']} (no "
+                       'layer exchanges through the bottleneck); leave it at its default or '
+                       'lower fusion_layer')
 
   @nn.compact
   def __call__(self, encoded, present=None, train: bool = False, return_attention: bool = False):
