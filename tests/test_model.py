@@ -80,6 +80,7 @@ def test_every_encoder_pair_with_every_fusion_has_the_contract_shapes(fusion):
   pairs = [dict(image=i, audio=a) for i, a in itertools.product(E.ENCODERS['image'],
                                                                 E.ENCODERS['audio'])]
   pairs += [dict(image=i, text='transformer') for i in E.ENCODERS['image']]
+  pairs += [dict(audio=a, text='transformer') for a in E.ENCODERS['audio']]
   pairs += [dict(image='lenet', audio='ast', text='transformer')]  # three modalities
   for types in pairs:
     _check_output_shapes(M.build_model(_config(types, fusion), C), tuple(types))
