@@ -14,8 +14,12 @@ Presets (after ':', comma-separated), e.g. --config=experiments/avmnist.py:fusio
   steps=<n>            training steps (default 2000, about 2.3 epochs of batch 64)
 Any field can still be overridden, e.g. --config.optim.lr=3e-4 --config.data.data_dir=/data/tfds.
 
-Expected results (test accuracy at the best validation checkpoint; measured on this 2-core CPU):
-  image+audio (concat): TODO(measure)   image only: TODO(measure)   audio only: TODO(measure)
+The default recipe is `pca_snr-10`: PCA images (25% of the variance kept) and spoken digits with
+white noise at -10 dB, calibrated so that each modality alone is weak (docs/results.md).
+
+Expected results (test accuracy at the best validation checkpoint, seed 0, 2000 steps; about
+10 min for the fused model on a 2-core CPU; docs/results.md):
+  image+audio (concat) 86.11%   modalities=audio 71.39%   modalities=image 53.64%
 """
 import ml_collections
 

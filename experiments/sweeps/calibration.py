@@ -11,5 +11,5 @@ from crossmodal.ablate import Variant
 
 def get_sweep():
   return ([Variant(f'audio_snr{snr}', f'modalities=audio,snr={snr},steps=1000')
-           for snr in ('clean', '0', '-5', '-10')]
+           for snr in ('0', '-5', '-10')]
           + [Variant('image_pca', 'modalities=image,steps=1000')])
