@@ -136,7 +136,8 @@ def test_embeddings_are_the_encoders_pooled_outputs():
   variables = model.init(jax.random.PRNGKey(0), batch)
   out = model.apply(variables, batch)
   for m in ('image', 'text'):
-    enc = E.build_encoder(m, cfg.encoders[m], DIM)
+    enc = E.build_encoder(m, cfg.encoders[m], DIM,
+                          with_tokens=F.uses_tokens(cfg.fusion.type))  # as the model builds it
     sub = {col: tree[f'{m}_encoder'] for col, tree in variables.items()
            if f'{m}_encoder' in tree}
     np.testing.assert_allclose(out['embeddings'][m], enc.apply(sub, batch[m]).pooled,
@@ -235,9 +236,10 @@ def test_count_params_counts_every_trainable_parameter():
   cfg.encoders.image = E.encoder_config('image', 'lenet', base_channels=2, extra_layers=0)
   model = M.build_model(cfg, C)
   variables = model.init(jax.random.PRNGKey(0), {'image': jnp.zeros((1, 4, 4, 1), jnp.uint8)})
-  # By hand: conv 5x5x1x2 (no bias), BatchNorm scale+bias 2+2, token_proj 2->D, pool_proj
-  # flattens the 2x2x2 map (8 -> D); concat of one modality, linear head D -> C.
-  encoder = 5 * 5 * 2 + 4 + (2 * DIM + DIM) + (8 * DIM + DIM)
+  # By hand: conv 5x5x1x2 (no bias), BatchNorm scale+bias 2+2, pool_proj flattens the 2x2x2
+  # map (8 -> D; no token_proj: concat reads only pooled vectors); concat of one modality,
+  # linear head D -> C.
+  encoder = 5 * 5 * 2 + 4 + (8 * DIM + DIM)
   assert M.param_counts_by_part(variables) == {'image_encoder': encoder,
                                                'fusion': DIM * C + C}
   assert M.count_params(variables) == encoder + DIM * C + C
@@ -264,3 +266,25 @@ def test_param_count_script_prints_a_table():
   assert row['parts'] == M.param_counts_by_part(variables)
   text = script.format_table(rows)
   assert 'late' in text and f'{row["total"]:,}' in text
+
+
+@pytest.mark.parametrize('fusion', ['concat', 'late', 'tensor', 'crossattn', 'joint'])
+def test_every_model_parameter_gets_a_gradient(fusion):
+  """No parameter is created and left without effect on any output (it would inflate the
+  counts an ablation reports): conv encoders build their token projection only for attention
+  fusions. (With attention fusions the pooled projection feeds only the embeddings.)"""
+  model = M.build_model(_config(dict(image='lenet', audio='lenet'), fusion), C)
+  batch = _batch()
+  variables = model.init(jax.random.PRNGKey(0), batch)
+
+  def loss(params):  # every output: logits and the per-modality embeddings
+    out, _ = model.apply({**variables, 'params': params}, batch, train=True,
+                         rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
+    return jnp.sum(out['logits'] ** 2) + sum(jnp.sum(e ** 2) for e in out['embeddings'].values())
+
+  grads = jax.grad(loss)(variables['params'])
+  dead = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
+          if not np.any(np.asarray(g))]
+  assert not dead, dead
+  has_token_proj = 'token_proj' in variables['params']['image_encoder']
+  assert has_token_proj == F.uses_tokens(fusion)

@@ -54,6 +54,9 @@ class _EncoderBase(nn.Module):
   dtype: Any = jnp.float32  # compute dtype (bfloat16 for mixed precision)
   param_dtype: Any = jnp.float32
   axis_name: str | None = None  # pmap axis over which BatchNorm averages statistics
+  # False when the fusion reads only `pooled`: conv encoders then skip their token projection
+  # (its parameters would be created and never used) and return tokens=None, mask=None.
+  with_tokens: bool = True
 
   @property
   def _kw(self) -> dict[str, Any]:
@@ -152,12 +155,14 @@ def _map_to_encoded(enc: _EncoderBase, fmap: jax.Array, token_map: jax.Array) ->
                      f'map (avg and flatten agree); leave pool at {default_pool!r}, or use a '
                      'larger input or fewer layers')
   b, h, w, c = token_map.shape
-  tokens = nn.Dense(enc.dim, name='token_proj', **enc._kw)(token_map.reshape(b, h * w, c))
   if enc.pool == 'avg':
     summary = fmap.mean(axis=(1, 2))
   else:  # 'flatten': MultiBench flattens the final map (1x1 on AV-MNIST)
     summary = fmap.reshape(b, -1)
   pooled = nn.Dense(enc.dim, name='pool_proj', **enc._kw)(summary)
+  if not enc.with_tokens:
+    return Encoded(tokens=None, mask=None, pooled=pooled)
+  tokens = nn.Dense(enc.dim, name='token_proj', **enc._kw)(token_map.reshape(b, h * w, c))
   return Encoded(tokens=tokens, mask=jnp.ones((b, h * w), bool), pooled=pooled)
 
 
@@ -457,7 +462,7 @@ def encoder_config(modality: str, type: str,  # pylint: disable=redefined-builti
 
 def build_encoder(modality: str, cfg: Mapping[str, Any] | ml_collections.ConfigDict, dim: int,
                   *, dtype: Any = jnp.float32, axis_name: str | None = None,
-                  name: str | None = None) -> _EncoderBase:
+                  with_tokens: bool = True, name: str | None = None) -> _EncoderBase:
   """Instantiates the encoder `cfg.type` for `modality` with output width `dim`.
 
   Fields missing from `cfg` take their defaults; unknown fields, types and choices raise
@@ -484,4 +489,5 @@ def build_encoder(modality: str, cfg: Mapping[str, Any] | ml_collections.ConfigD
     features.update(values['features'])
     values['features'] = ml_collections.FrozenConfigDict(features)  # hashable module field
   values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-  return cls(dim=dim, dtype=dtype, axis_name=axis_name, name=name, **values)
+  return cls(dim=dim, dtype=dtype, axis_name=axis_name, with_tokens=with_tokens, name=name,
+             **values)

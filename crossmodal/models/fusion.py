@@ -643,6 +643,11 @@ def _resolve(fusion_type: str, values: Mapping[str, Any]) -> dict[str, Any]:
   return {**defaults, **values}
 
 
+def uses_tokens(fusion_type: str) -> bool:
+  """Whether the fusion reads `Encoded.tokens` (attention types) or only `pooled`."""
+  return issubclass(_lookup(fusion_type), _AttentionFusionBase)
+
+
 def fusion_config(fusion_type: str, **overrides) -> ml_collections.ConfigDict:
   """ConfigDict with `type` plus exactly that fusion's fields and defaults (+ overrides)."""
   values = _resolve(fusion_type, overrides)

@@ -59,9 +59,11 @@ class CrossModalModel(nn.Module):
     present = present.astype(bool)
 
     encoded = {}
+    with_tokens = fusion_lib.uses_tokens(self.fusion.type)
     for m in self.modalities:
       encoder = encoders_lib.build_encoder(m, self.encoders[m], self.dim, dtype=self.dtype,
-                                           axis_name=self.axis_name, name=f'{m}_encoder')
+                                           axis_name=self.axis_name, with_tokens=with_tokens,
+                                           name=f'{m}_encoder')
       encoded[m] = encoder(batch[m], train=train)
     fusion = fusion_lib.build_fusion(self.fusion, modalities=self.modalities,
                                      num_classes=self.num_classes, head_hidden=self.head,

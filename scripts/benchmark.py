@@ -1,0 +1,391 @@
+r"""Benchmarks: training speed vs PyTorch, hardware utilisation, featurization, input pipeline,
+start-up and memory, and how the cross-attention block scales.
+
+  python scripts/benchmark.py --quick                 # a few minutes on a 2-core CPU
+  python scripts/benchmark.py --out=docs/performance.md   # the full run
+
+Every figure is measured in this run, on this machine: warm-up (compilation) is excluded and the
+median of `--repeats` timed blocks is reported, with the absolute numbers beside each ratio. The
+same script runs unchanged on a GPU or TPU host (the PyTorch reference then stays on the CPU
+and is reported as such). Sections that cannot run here (no PyTorch installed, no FSDD sources,
+AV-MNIST not prepared) say so in the table instead of a number.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crossmodal import config_utils
+from crossmodal import optim
+from crossmodal import train
+from crossmodal.data import features
+from crossmodal.models import model as model_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AVMNIST = os.path.join(REPO, 'experiments', 'avmnist.py')
+SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
+
+
+@dataclasses.dataclass
+class Sizes:
+  """What a run measures; --quick and the test shrink these."""
+  batch_sizes: tuple[int, ...] = (40, 256)
+  steps: int = 20  # timed steps per repeat
+  repeats: int = 5
+  clips: int = 1000  # featurization
+  matmul: int = 2048
+  pipeline_steps: int = 40
+  scaling_tokens: tuple[int, ...] = (16, 64, 256)
+  scaling_batches: tuple[int, ...] = (32, 128)
+
+
+QUICK = Sizes(steps=8, repeats=3, clips=200, matmul=1024, pipeline_steps=16,
+              scaling_tokens=(16, 64), scaling_batches=(32,))
+TINY = Sizes(batch_sizes=(8,), steps=2, repeats=2, clips=8, matmul=128, pipeline_steps=4,
+             scaling_tokens=(8,), scaling_batches=(4,))
+
+
+def load_config(path: str, arg: str = ''):
+  spec = importlib.util.spec_from_file_location('_bench_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def timed(fn: Callable[[], Any], steps: int, repeats: int) -> list[float]:
+  """Seconds per call of `fn` (which must block on its result), per repeat, after one warm-up."""
+  fn()
+  out = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      fn()
+    out.append((time.perf_counter() - start) / steps)
+  return out
+
+
+def random_batches(batch_size: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+  """AV-MNIST-shaped batches (uint8 28x28 images, 1 s of 8 kHz audio), the same for both
+  frameworks. Throughput does not depend on the values."""
+  rng = np.random.default_rng(seed)
+  return [{'image': rng.integers(0, 256, (batch_size, 28, 28, 1), dtype=np.uint8),
+           'audio': rng.uniform(-0.5, 0.5, (batch_size, 8000)).astype(np.float32),
+           'label': rng.integers(0, 10, (batch_size,), dtype=np.int32)} for _ in range(count)]
+
+
+# ----------------------------------------------------------------------------- JAX training
+
+
+def sgd_config(fusion: str = 'concat'):
+  """experiments/avmnist.py's model with MultiBench's optimizer (SGD, momentum 0.9)."""
+  config = load_config(AVMNIST, f'fusion={fusion}')
+  config.optim = config_utils.optim_config(name='sgd', lr=0.01, momentum=0.9,
+                                           schedule='constant', weight_decay=0.0)
+  return config
+
+
+def jax_train_fn(config, batch: dict[str, np.ndarray]):
+  """(step() -> blocks, compiled step, state) for one device, as the training loop builds it."""
+  model = train.build_model(config, 10, axis_name=None)
+  tx = optim.make_optimizer(config.optim, 1000)
+  state = jax.jit(train.make_init_fn(model, tx, batch))(jax.random.PRNGKey(0))
+  step = jax.jit(train.make_train_step(model, tx, None), donate_argnums=(0,))
+  device_batch = jax.device_put(batch)
+  holder = {'state': state}
+
+  def run():
+    holder['state'], metrics = step(holder['state'], device_batch)
+    metrics['loss'].block_until_ready()
+  return run, step, state, device_batch
+
+
+def train_throughput_jax(config, batch_size: int, sizes: Sizes) -> dict[str, float]:
+  batch = random_batches(batch_size, 1)[0]
+  run, *_ = jax_train_fn(config, batch)
+  seconds = timed(run, sizes.steps, sizes.repeats)
+  return {'examples_per_sec': batch_size / float(np.median(seconds))}
+
+
+def section_vs_torch(sizes: Sizes) -> list[str]:
+  rows = ['| model | batch | crossmodal (JAX) ex/s | PyTorch ex/s | ratio |', '|---|---|---|---|---|']
+  torch_ref = _torch_reference()
+  for b in sizes.batch_sizes:
+    ours = train_throughput_jax(sgd_config(), b, sizes)['examples_per_sec']
+    if torch_ref is None:
+      rows.append(f'| LeNet concat (MultiBench) | {b} | {ours:.0f} | not installed '
+                  "(pip install -e '.[bench]') | - |")
+      continue
+    theirs = torch_ref.train_throughput(random_batches(b, 4), steps=sizes.steps,
+                                        threads=_cpu_threads(), repeats=sizes.repeats)
+    t = theirs['examples_per_sec_median']
+    rows.append(f'| LeNet concat (MultiBench) | {b} | {ours:.0f} | {t:.0f} | {ours / t:.2f}x |')
+  return rows
+
+
+def _torch_reference():
+  try:
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return None
+  spec = importlib.util.spec_from_file_location(
+      'torch_reference', os.path.join(REPO, 'scripts', 'torch_reference.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _cpu_threads() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+# ----------------------------------------------------------------------------- utilisation
+
+
+def peak_matmul_flops(n: int, sizes: Sizes) -> float:
+  """FLOP/s of a jitted float32 n x n matmul: the attainable peak of this device."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  seconds = timed(lambda: f(a).block_until_ready(), max(2, sizes.steps // 2), sizes.repeats)
+  return 2 * n ** 3 / float(np.median(seconds))
+
+
+def section_utilisation(sizes: Sizes) -> list[str]:
+  peak = peak_matmul_flops(sizes.matmul, sizes)
+  rows = [f'Peak: jitted float32 {sizes.matmul}x{sizes.matmul} matmul, {peak / 1e9:.1f} GFLOP/s.',
+          '',
+          '| model | batch | GFLOP per step (XLA cost analysis) | steps/s | GFLOP/s | '
+          'utilisation |', '|---|---|---|---|---|---|']
+  b = max(sizes.batch_sizes)
+  for fusion in ('concat', 'crossattn'):
+    config = sgd_config(fusion)
+    batch = random_batches(b, 1)[0]
+    run, step, state, device_batch = jax_train_fn(config, batch)
+    cost = step.lower(state, device_batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get('flops', float('nan')))
+    seconds = float(np.median(timed(run, sizes.steps, sizes.repeats)))
+    achieved = flops / seconds
+    rows.append(f'| {fusion} | {b} | {flops / 1e9:.2f} | {1 / seconds:.2f} | '
+                f'{achieved / 1e9:.1f} | {100 * achieved / peak:.1f}% |')
+  return rows
+
+
+# ----------------------------------------------------------------------------- featurization
+
+
+def fsdd_clips(count: int) -> np.ndarray | None:
+  """`count` real FSDD clips padded/cropped to 1 s, or None without the sources."""
+  from crossmodal.data import sources  # pylint: disable=g-import-not-at-top
+  try:
+    root = sources.resolve_manual_dir()
+  except sources.SourceError:
+    return None
+  if root is None:
+    return None
+  files = sorted((root / 'fsdd' / 'recordings').glob('*.wav'))[:count]
+  clips = np.zeros((len(files), 8000), np.float32)
+  for i, path in enumerate(files):
+    samples = sources.read_wav(path).astype(np.float32) / 32768.0
+    clips[i, :min(8000, len(samples))] = samples[:8000]
+  return clips
+
+
+def section_featurization(sizes: Sizes) -> list[str]:
+  clips = fsdd_clips(sizes.clips)
+  rows = ['| featurizer | clips | JAX clips/s | librosa clips/s | ratio | max abs. deviation |',
+          '|---|---|---|---|---|---|']
+  if clips is None:
+    return rows + ['| log-mel | - | FSDD sources not found (docs/data.md) | | | |']
+  cfg = features.features_config()
+  for name, jax_fn, ref_fn in (('log-mel (dB)', features.log_mel, features.librosa_log_mel),
+                               ('MFCC', features.mfcc, features.librosa_mfcc)):
+    f = jax.jit(lambda x, fn=jax_fn: fn(x, cfg))
+    x = jnp.asarray(clips)
+    ours = float(np.median(timed(lambda: f(x).block_until_ready(), 1, sizes.repeats)))
+    ref_fn(clips[:2], cfg)  # warm-up: librosa's first call compiles/caches its kernels
+    start = time.perf_counter()
+    reference = ref_fn(clips, cfg)  # librosa, one call per clip (its normal use)
+    theirs = time.perf_counter() - start
+    deviation = float(np.abs(np.asarray(f(x)) - reference).max())
+    n = len(clips)
+    rows.append(f'| {name} | {n} | {n / ours:.0f} | {n / theirs:.0f} | {theirs / ours:.1f}x | '
+                f'{deviation:.2g} |')
+  return rows
+
+
+# ----------------------------------------------------------------------------- input pipeline
+
+
+def section_pipeline(sizes: Sizes) -> list[str]:
+  """Training examples/s fed by the real pipeline vs by the same batches already in memory."""
+  from crossmodal import parallel  # pylint: disable=g-import-not-at-top
+  config = sgd_config()
+  b = max(sizes.batch_sizes)
+  config.data.global_batch_size = b
+  try:
+    run = train._Run(config)  # pylint: disable=protected-access
+    source_name = f'AV-MNIST {config.data.builder_config}'
+  except Exception as e:  # pylint: disable=broad-except
+    return [f'Input pipeline: AV-MNIST unavailable ({type(e).__name__}: {e}); not measured.']
+  strategy = parallel.make_parallel('jit')
+  state = strategy.put_state(run.initial_state())
+  step = strategy.train_step(train.make_train_step(run.model, run.tx, None))
+  pipeline = run.batches('train')
+  in_memory = [next(pipeline) for _ in range(sizes.pipeline_steps)]
+
+  def loop(batches):
+    """examples/s of training on `batches` (an iterable: pipeline batches are pulled lazily,
+    inside the timing, as the training loop pulls them)."""
+    nonlocal state
+    start, count = time.perf_counter(), 0
+    for batch in batches:
+      state, metrics = step(state, strategy.put_batch(batch))
+      if run.sync:
+        metrics['loss'].block_until_ready()
+      count += 1
+    metrics['loss'].block_until_ready()
+    return count * b / (time.perf_counter() - start)
+
+  loop(in_memory[:2])  # compile
+  memory_rate = float(np.median([loop(in_memory) for _ in range(sizes.repeats)]))
+  real_rates = [loop(_take(pipeline, sizes.pipeline_steps)) for _ in range(sizes.repeats)]
+  pipeline.close()
+  real = float(np.median(real_rates))
+  return ['| batches from | examples/s |', '|---|---|',
+          f'| memory (pre-loaded) | {memory_rate:.0f} |',
+          f'| the input pipeline ({source_name}, grain) | {real:.0f} |',
+          '', f'Pipeline-fed throughput is {100 * real / memory_rate:.1f}% of in-memory.']
+
+
+def _take(pipeline, n: int):
+  """Batches pulled from the pipeline as the loop consumes them (lazily, inside the timing)."""
+  for _ in range(n):
+    yield next(pipeline)
+
+
+# ----------------------------------------------------------------------------- start-up
+
+
+def section_startup(sizes: Sizes, quick: bool) -> list[str]:
+  """Launch to first finished step (compile included) and peak RSS of `crossmodal.main`."""
+  arg = 'steps=1' if not quick else 'steps=1,subset=256'
+  with tempfile.TemporaryDirectory() as workdir:
+    command = [sys.executable, '-m', 'crossmodal.main', f'--config={AVMNIST}:{arg}',
+               f'--workdir={workdir}', '--mode=train', '--config.train.eval_every=0',
+               '--config.train.checkpoint_every=0', '--config.train.eval_splits=("validation",)',
+               '--config.train.max_eval_batches=1']
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    seconds = time.perf_counter() - start
+  if result.returncode:
+    return [f'Start-up: the run failed ({result.stderr.strip().splitlines()[-1:]}); not measured.']
+  rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+  return ['| measure | value |', '|---|---|',
+          f'| launch to end of a 1-step run (data prepared; compile, one eval batch, one '
+          f'checkpoint included) | {seconds:.1f} s |',
+          f'| peak resident memory of that process | {rss_mib:.0f} MiB |',
+          '', f'Command: `{" ".join(command[1:3])} --config=experiments/avmnist.py:{arg} ...`']
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def section_scaling(sizes: Sizes) -> list[str]:
+  """Forward+backward time of the cross-attention fusion block alone (2 modalities, D=64)."""
+  from crossmodal.models import fusion as fusion_lib  # pylint: disable=g-import-not-at-top
+  from crossmodal.models.encoders import Encoded  # pylint: disable=g-import-not-at-top
+  module = fusion_lib.build_fusion(fusion_lib.fusion_config('crossattn', dropout=0.0),
+                                   modalities=('image', 'audio'), num_classes=10)
+  rows = ['| batch | tokens per modality | ms per step (fwd+bwd) | us per example-token |',
+          '|---|---|---|---|']
+  for b in sizes.scaling_batches:
+    for n in sizes.scaling_tokens:
+      rng = np.random.default_rng(0)
+      enc = {m: Encoded(jnp.asarray(rng.normal(size=(b, n, 64)), jnp.float32),
+                        jnp.ones((b, n), bool), jnp.asarray(rng.normal(size=(b, 64)), jnp.float32))
+             for m in ('image', 'audio')}
+      params = module.init(jax.random.PRNGKey(0), enc)
+
+      def loss(p, enc=enc):
+        return module.apply(p, enc)['logits'].sum()
+      grad = jax.jit(jax.grad(loss))
+      seconds = float(np.median(timed(lambda: jax.block_until_ready(grad(params)),
+                                      sizes.steps, sizes.repeats)))
+      rows.append(f'| {b} | {n} | {1e3 * seconds:.2f} | {1e6 * seconds / (b * n):.2f} |')
+  return rows
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def environment() -> list[str]:
+  import flax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return [f'- date: {datetime.date.today().isoformat()}',
+          f'- machine: {platform.machine()}, {_cpu_threads()} CPU threads, '
+          f'{devices[0].platform} x{len(devices)} ({devices[0].device_kind})',
+          f'- Python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}']
+
+
+def run_benchmarks(sizes: Sizes, quick: bool, sections: Sequence[str]) -> str:
+  parts = ['# Benchmark results', '', *environment(), '']
+  table = {
+      'torch': ('Training throughput vs PyTorch (same model, same batches, SGD)',
+                lambda: section_vs_torch(sizes)),
+      'utilisation': ('Hardware utilisation', lambda: section_utilisation(sizes)),
+      'features': ('Featurization: JAX (batched, jitted) vs librosa',
+                   lambda: section_featurization(sizes)),
+      'pipeline': ('Input pipeline', lambda: section_pipeline(sizes)),
+      'startup': ('Start-up and memory (default AV-MNIST config)',
+                  lambda: section_startup(sizes, quick)),
+      'scaling': ('Cross-attention block: cost as batch and sequence grow',
+                  lambda: section_scaling(sizes)),
+  }
+  for key in sections:
+    title, fn = table[key]
+    print(f'== {title}', flush=True)
+    lines = fn()
+    print('\n'.join(lines), flush=True)
+    parts += [f'## {title}', '', *lines, '']
+  return '\n'.join(parts)
+
+
+SECTIONS = ('torch', 'utilisation', 'features', 'pipeline', 'startup', 'scaling')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--quick', action='store_true', help='smaller sizes, a few minutes on a CPU')
+  p.add_argument('--tiny', action='store_true', help='smallest sizes (tests)')
+  p.add_argument('--sections', default=','.join(SECTIONS), help=f'subset of {SECTIONS}')
+  p.add_argument('--out', default=None, help='also write the Markdown report here')
+  args = p.parse_args(argv)
+  sections = [s.strip() for s in args.sections.split(',') if s.strip()]
+  unknown = sorted(set(sections) - set(SECTIONS))
+  if unknown:
+    p.error(f'unknown sections {unknown}; valid: {SECTIONS}')
+  sizes = TINY if args.tiny else QUICK if args.quick else Sizes()
+  report = run_benchmarks(sizes, args.quick or args.tiny, sections)
+  if args.out:
+    with open(args.out, 'w', encoding='utf-8') as f:
+      f.write(report + '\n')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

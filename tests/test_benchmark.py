@@ -1,0 +1,51 @@
+"""The benchmark script's quick path on tiny sizes: it runs and reports numbers (no timing
+assertions: speed is measured by the script itself, never asserted in tests)."""
+import importlib.util
+import os
+import re
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def benchmark():
+  spec = importlib.util.spec_from_file_location('benchmark', os.path.join(REPO, 'scripts',
+                                                                          'benchmark.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _rows(text, title):
+  section = text.split(f'## {title}')[1].split('\n## ')[0]
+  return [l for l in section.splitlines() if l.startswith('|') and not l.startswith('|---')][1:]
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_reports_every_measured_section(benchmark, tmp_path):
+  out = tmp_path / 'perf.md'
+  assert benchmark.main(['--tiny', '--sections=features,scaling,utilisation',
+                         f'--out={out}']) == 0
+  text = out.read_text()
+  features = _rows(text, 'Featurization')
+  assert [r.split('|')[1].strip() for r in features] == ['log-mel (dB)', 'MFCC']
+  for row in features:  # clips/s of both, their ratio, and a small deviation from librosa
+    cells = [c.strip() for c in row.split('|')[2:-1]]
+    assert int(cells[0]) == 8 and float(cells[1]) > 0 and float(cells[2]) > 0
+    assert float(cells[4]) < 5e-3
+  scaling = _rows(text, 'Cross-attention block')
+  assert len(scaling) == 1 and float(scaling[0].split('|')[3]) > 0
+  utilisation = _rows(text, 'Hardware utilisation')
+  assert [r.split('|')[1].strip() for r in utilisation] == ['concat', 'crossattn']
+  for row in utilisation:
+    gflop, percent = float(row.split('|')[3]), row.split('|')[6].strip()
+    assert gflop > 0 and re.fullmatch(r'\d+\.\d%', percent)
+  # The crossattn step does more work than the concat one (its FLOPs come from XLA).
+  assert float(utilisation[1].split('|')[3]) > float(utilisation[0].split('|')[3])
+
+
+def test_unknown_section_is_an_error(benchmark):
+  with pytest.raises(SystemExit):
+    benchmark.main(['--tiny', '--sections=gpu'])
