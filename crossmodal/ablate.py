@@ -32,9 +32,9 @@ import dataclasses
 import importlib.util
 import io
 import json
-import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -44,10 +44,12 @@ from typing import Any
 
 from etils import epath
 
+from crossmodal import files
+
 STATUS = 'sweep_status.json'
 LOG = 'sweep.log'
-RUN_INFO = 'run_info.json'  # written by train.py
-PREEMPTED_EXIT_CODE = 75  # crossmodal.main: saved on SIGTERM, not finished
+RUN_INFO = 'run_info.json'  # = train.RUN_INFO (not imported: the runner needs no JAX)
+PREEMPTED_EXIT_CODE = 75  # = crossmodal.main.PREEMPTED_EXIT_CODE: saved on SIGTERM, unfinished
 CSV_FIELDS = ('variant', 'seed', 'status', 'test_accuracy', 'test_macro_f1',
               'final_test_accuracy', 'best_validation_accuracy', 'num_params',
               'examples_per_sec', 'wall_time_s', 'workdir', 'error')
@@ -105,8 +107,10 @@ def _format_value(value: Any) -> str:
 
 
 def plan(config: str, variants: Sequence[Variant], seeds: Sequence[int], root: str,
-         mode: str = 'train_and_eval', python: str = sys.executable) -> list[Run]:
-  """Every variant x seed as a `crossmodal.main` command with its own workdir."""
+         mode: str = 'train_and_eval', python: str = sys.executable,
+         extra_args: Sequence[str] = ()) -> list[Run]:
+  """Every variant x seed as a `crossmodal.main` command with its own workdir (`extra_args`
+  are appended to every command)."""
   path, _, base_arg = config.partition(':')
   runs = []
   for v in variants:
@@ -117,6 +121,7 @@ def plan(config: str, variants: Sequence[Variant], seeds: Sequence[int], root: s
       command = [python, '-m', 'crossmodal.main', f'--config={spec}', f'--workdir={workdir}',
                  f'--mode={mode}', f'--config.seed={seed}']
       command += [f'--config.{k}={_format_value(x)}' for k, x in v.overrides.items()]
+      command += list(extra_args)
       runs.append(Run(v, seed, workdir, tuple(command)))
   return runs
 
@@ -132,10 +137,7 @@ def read_status(workdir: str) -> dict[str, Any]:
 
 
 def _write_status(workdir: str, status: Mapping[str, Any]) -> None:
-  tmp = os.path.join(workdir, STATUS + '.tmp')
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(status, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, STATUS))
+  files.write_file(os.path.join(workdir, STATUS), json.dumps(status, indent=2))
 
 
 def failure_reason(log_text: str, returncode: int) -> str:
@@ -238,23 +240,10 @@ def run_all(runs: Sequence[Run], parallel: int = 1, log=print) -> None:
 # ----------------------------------------------------------------------------- collecting
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  path = epath.Path(path)
-  if not path.exists():
-    return []
-  out = []
-  for line in path.read_text().splitlines():
-    try:
-      out.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue  # a line cut short by a crash
-  return out
-
-
 def collect_run(run: Run) -> dict[str, Any]:
   """One results.csv row (numbers are None where the run has not produced them)."""
   status = read_status(run.workdir)
-  records = _read_jsonl(os.path.join(run.workdir, 'metrics.jsonl'))
+  records = files.read_jsonl(os.path.join(run.workdir, 'metrics.jsonl'))
   row: dict[str, Any] = {k: None for k in CSV_FIELDS}
   row.update(variant=run.variant.name, seed=run.seed, workdir=run.workdir,
              status=status.get('state', 'not started'), error=status.get('error'),
@@ -271,12 +260,12 @@ def collect_run(run: Run) -> dict[str, Any]:
   validation = [r['accuracy'] for r in records if r['split'] == 'validation']
   if validation:
     row['best_validation_accuracy'] = max(validation)
-  speeds = sorted(r['examples_per_sec'] for r in records
-                  if r['split'] == 'train' and 'examples_per_sec' in r)
-  if len(speeds) > 1:
-    speeds = speeds[1:] if len(speeds) > 2 else speeds  # the first includes compilation
+  speeds = [r['examples_per_sec'] for r in records
+            if r['split'] == 'train' and 'examples_per_sec' in r]
+  if len(speeds) > 2:
+    speeds = speeds[1:]  # the first logged interval includes compilation
   if speeds:
-    row['examples_per_sec'] = speeds[len(speeds) // 2]
+    row['examples_per_sec'] = statistics.median(speeds)
   try:
     row['num_params'] = json.loads((epath.Path(run.workdir) / RUN_INFO).read_text())[
         'num_params']
@@ -288,15 +277,13 @@ def collect_run(run: Run) -> dict[str, Any]:
 
 
 def validation_curve(run: Run) -> list[tuple[int, float]]:
-  records = _read_jsonl(os.path.join(run.workdir, 'metrics.jsonl'))
+  records = files.read_jsonl(os.path.join(run.workdir, 'metrics.jsonl'))
   return [(r['step'], r['accuracy']) for r in records if r['split'] == 'validation']
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-  n = len(values)
-  mean = sum(values) / n
-  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-  return mean, std
+  """Mean and sample standard deviation (0 for a single value)."""
+  return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list[dict[str, Any]]:

@@ -6,12 +6,16 @@ is written on the command line (`config.optim.name`) and lists the valid choices
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 from typing import Any, Iterable
 
+from etils import epath
 import ml_collections
+
+from crossmodal import files
 
 OPTIMIZERS = ('adamw', 'sgd', 'rmsprop')
 SCHEDULES = ('cosine', 'constant')
@@ -221,6 +225,15 @@ def _check_optimizer_fields_apply(e: _Errors) -> None:
     e.messages.append("config.optim.end_lr_ratio applies to schedule='cosine' only")
 
 
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """get_config(arg) of a config file given as `path[:arg]`, as --config loads it."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_crossmodal_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def to_dict(config: Any) -> dict[str, Any]:
   """Plain-JSON dict of a ConfigDict (tuples become lists)."""
   return json.loads(config.to_json_best_effort(sort_keys=True))
@@ -228,11 +241,9 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def write_config(config: Any, workdir: str) -> str:
   """Writes the resolved config to `<workdir>/config.json` and returns the path."""
-  from crossmodal import metrics  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   path = os.path.join(workdir, 'config.json')
-  metrics.write_file(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + '\n')
+  files.write_file(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + '\n')
   return path
 
 

@@ -17,7 +17,6 @@ variables).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import sys
@@ -58,15 +57,6 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _load_config_file(spec: str):
-  """get_config(arg) of `path[:arg]`, loaded the way config_flags does (for error reports)."""
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('_crossmodal_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl parsing with readable config errors (unknown override keys list the valid ones)."""
   try:
@@ -79,7 +69,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
                  if a.startswith('--config.')]
     if spec is not None:
       try:
-        config = _load_config_file(spec)
+        config = config_utils.load_config_file(spec)
       except config_utils.ConfigError as load_error:
         _fail(f'--config={spec}: {load_error}')
       except Exception:  # pylint: disable=broad-except

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crossmodal import files
+
 
 def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
                      mask: jax.Array | None = None) -> jax.Array:
@@ -97,21 +99,6 @@ def _is_scalar(v: Any) -> bool:
   return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-def is_local(path: str | os.PathLike) -> bool:
-  return '://' not in os.fspath(path)
-
-
-def write_file(path: str | os.PathLike, text: str) -> None:
-  """Replaces the file at `path` (local: atomically via rename; gs:// etc.: one upload)."""
-  path = epath.Path(path)
-  if is_local(path):
-    tmp = path.parent / (path.name + '.tmp')
-    tmp.write_text(text, encoding='utf-8')
-    os.replace(tmp, path)
-  else:
-    path.write_text(text)
-
-
 class _EpathRecordFile:
   """A TensorBoard event file on any `epath` filesystem (gs://, s3:// through TensorFlow's
   gfile or fsspec). Object stores cannot append, so each flush uploads the whole file; event
@@ -145,29 +132,27 @@ class MetricWriter:
   record per step. Per-class lists go to TensorBoard as `split/name/class_i` and to the JSON
   file as lists; the confusion matrix goes to the JSON file only.
 
-  Files go through `etils.epath`, so the workdir may be local or gs://. metrics.jsonl is kept
-  in memory and the whole file replaced at each write (records are written at log and eval
-  steps only, and object stores cannot append).
+  Files go through `crossmodal.files` / `etils.epath`, so the workdir may be local or gs://
+  (where metrics.jsonl is uploaded whole at each write: object stores cannot append).
   """
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
     self._tb = None
-    self._lines: list[str] = []
+    self._lines: list[str] = []  # the file's records, kept for object stores (see write)
     if not enabled:
       return
     workdir_path = epath.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     self._path = workdir_path / 'metrics.jsonl'
-    if self._path.exists():
-      self._lines = [line for line in self._path.read_text().splitlines() if _parses(line)]
+    self._lines = [json.dumps(r) for r in files.read_jsonl(self._path)]
     if tensorboard:
       # tensorboardX writes event files without importing TensorFlow; remote paths go
       # through epath (its own gs:// writer would need google-cloud-storage).
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
       logdir = os.fspath(workdir_path / 'tensorboard')
-      if not is_local(logdir):
+      if not files.is_local(logdir):
         record_writer.register_writer_factory(logdir.split('://')[0], _EpathRecordFiles())
       self._tb = SummaryWriter(logdir=logdir)
 
@@ -177,7 +162,7 @@ class MetricWriter:
     if not self.enabled:
       return
     self._lines = [line for line in self._lines if json.loads(line).get('step', 0) <= step]
-    write_file(self._path, ''.join(line + '\n' for line in self._lines))
+    files.write_file(self._path, ''.join(line + '\n' for line in self._lines))
 
   def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -185,7 +170,7 @@ class MetricWriter:
     record = {'step': int(step), 'split': split}
     record.update({k: _to_python(v) for k, v in metrics.items()})
     self._lines.append(json.dumps(record))
-    write_file(self._path, ''.join(line + '\n' for line in self._lines))
+    files.append_line(self._path, self._lines[-1], self._lines)
     scalars = {k: v for k, v in record.items() if _is_scalar(v) and k != 'step'}
     logging.info('[%s] step %d: %s', split, step,
                  ', '.join(f'{k}={v:.4g}' for k, v in scalars.items()))
@@ -204,15 +189,6 @@ class MetricWriter:
       self._tb = None
 
 
-def _parses(line: str) -> bool:
-  """False for a blank line or one cut short by a crash."""
-  try:
-    json.loads(line)
-    return True
-  except json.JSONDecodeError:
-    return False
-
-
 def _to_python(v: Any) -> Any:
   if isinstance(v, (np.ndarray, jax.Array)):
     v = np.asarray(v)
@@ -220,8 +196,3 @@ def _to_python(v: Any) -> Any:
   if isinstance(v, np.generic):
     return v.item()
   return v
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """All records of a metrics.jsonl file (for tests, sweeps and plots)."""
-  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]

@@ -29,6 +29,7 @@ import optax
 
 from crossmodal import checkpointing
 from crossmodal import config_utils
+from crossmodal import files
 from crossmodal import metrics as metrics_lib
 from crossmodal import optim
 from crossmodal import parallel
@@ -314,7 +315,7 @@ def write_run_info(workdir: str, state: TrainState, run: _Run) -> None:
           'params_by_part': model_lib.param_counts_by_part(state.params),
           'device_count': jax.device_count(), 'process_count': jax.process_count(),
           'backend': jax.default_backend(), 'parallel': run.config.train.parallel}
-  metrics_lib.write_file(os.path.join(workdir, RUN_INFO), json.dumps(info, indent=2) + '\n')
+  files.write_file(os.path.join(workdir, RUN_INFO), json.dumps(info, indent=2) + '\n')
 
 
 def make_checkpointer(config: Any, workdir: str) -> checkpointing.Checkpointer:

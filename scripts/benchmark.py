@@ -34,11 +34,9 @@ from crossmodal import config_utils
 from crossmodal import optim
 from crossmodal import train
 from crossmodal.data import features
-from crossmodal.models import model as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AVMNIST = os.path.join(REPO, 'experiments', 'avmnist.py')
-SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
 
 
 @dataclasses.dataclass
@@ -58,13 +56,6 @@ QUICK = Sizes(steps=8, repeats=3, clips=200, matmul=1024, pipeline_steps=16,
               scaling_tokens=(16, 64), scaling_batches=(32,))
 TINY = Sizes(batch_sizes=(8,), steps=2, repeats=2, clips=8, matmul=128, pipeline_steps=4,
              scaling_tokens=(8,), scaling_batches=(4,))
-
-
-def load_config(path: str, arg: str = ''):
-  spec = importlib.util.spec_from_file_location('_bench_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def timed(fn: Callable[[], Any], steps: int, repeats: int) -> list[float]:
@@ -93,7 +84,7 @@ def random_batches(batch_size: int, count: int, seed: int = 0) -> list[dict[str,
 
 def sgd_config(fusion: str = 'concat'):
   """experiments/avmnist.py's model with MultiBench's optimizer (SGD, momentum 0.9)."""
-  config = load_config(AVMNIST, f'fusion={fusion}')
+  config = config_utils.load_config_file(f'{AVMNIST}:fusion={fusion}')
   config.optim = config_utils.optim_config(name='sgd', lr=0.01, momentum=0.9,
                                            schedule='constant', weight_decay=0.0)
   return config
@@ -281,9 +272,9 @@ def _take(pipeline, n: int):
 # ----------------------------------------------------------------------------- start-up
 
 
-def section_startup(sizes: Sizes, quick: bool) -> list[str]:
-  """Launch to first finished step (compile included) and peak RSS of `crossmodal.main`."""
-  del quick  # the same measurement at every size: it is one step of the real config
+def section_startup() -> list[str]:
+  """Launch to first finished step (compile included) and peak RSS of `crossmodal.main`; the
+  same measurement at every size: one step of the real config."""
   arg = 'steps=1'
   with tempfile.TemporaryDirectory() as workdir:
     command = [sys.executable, '-m', 'crossmodal.main', f'--config={AVMNIST}:{arg}',
@@ -343,7 +334,7 @@ def environment() -> list[str]:
           f'- Python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}']
 
 
-def run_benchmarks(sizes: Sizes, quick: bool, sections: Sequence[str]) -> str:
+def run_benchmarks(sizes: Sizes, sections: Sequence[str]) -> str:
   parts = ['# Benchmark results', '', *environment(), '']
   table = {
       'torch': ('Training throughput vs PyTorch (same model, same batches, SGD)',
@@ -352,8 +343,7 @@ def run_benchmarks(sizes: Sizes, quick: bool, sections: Sequence[str]) -> str:
       'features': ('Featurization: JAX (batched, jitted) vs librosa',
                    lambda: section_featurization(sizes)),
       'pipeline': ('Input pipeline', lambda: section_pipeline(sizes)),
-      'startup': ('Start-up and memory (default AV-MNIST config)',
-                  lambda: section_startup(sizes, quick)),
+      'startup': ('Start-up and memory (default AV-MNIST config)', section_startup),
       'scaling': ('Cross-attention block: cost as batch and sequence grow',
                   lambda: section_scaling(sizes)),
   }
@@ -381,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if unknown:
     p.error(f'unknown sections {unknown}; valid: {SECTIONS}')
   sizes = TINY if args.tiny else QUICK if args.quick else Sizes()
-  report = run_benchmarks(sizes, args.quick or args.tiny, sections)
+  report = run_benchmarks(sizes, sections)
   if args.out:
     with open(args.out, 'w', encoding='utf-8') as f:
       f.write(report + '\n')

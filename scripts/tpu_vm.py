@@ -137,15 +137,14 @@ def sweep_commands(args) -> list[list[str]]:
   if not args.config or not args.sweep or not args.root:
     raise SystemExit('sweep: --config, --sweep and --root are required')
   variants = ablate.load_sweep(args.sweep)
-  runs = ablate.plan(args.config, variants, range(args.seeds), args.root, python='python')
-  commands = _prepare_command(args)
-  for run in runs:
-    # plan() gives [python, -m, crossmodal.main, --config=..., --workdir=..., rest...].
-    config = run.command[3].split('=', 1)[1]
-    rest = [*run.command[5:], *args.extra]
-    main = _main_command(args, config, run.workdir, rest)
-    commands.append(_ssh(args, f'cd {REMOTE_DIR} && {main} >> ~/{REMOTE_LOG} 2>&1'))
-  return commands
+  extra = ['--distributed', *args.extra]
+  if args.data_dir:
+    extra.append(f'--config.data.data_dir={args.data_dir}')
+  runs = ablate.plan(args.config, variants, range(args.seeds), args.root,
+                     python='.venv/bin/python', extra_args=extra)
+  return _prepare_command(args) + [
+      _ssh(args, f'cd {REMOTE_DIR} && {shlex.join(run.command)} >> ~/{REMOTE_LOG} 2>&1')
+      for run in runs]
 
 
 def logs_commands(args) -> list[list[str]]:

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from crossmodal import files
 from crossmodal import config_utils
-from crossmodal import metrics as metrics_lib
 from crossmodal import train
 from crossmodal.data import sources
 from crossmodal.models import fusion as fusion_lib
@@ -70,7 +70,7 @@ def test_experiment_trains_a_few_steps(path, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run') / 'w')
   result = train.train_and_evaluate(config, workdir)
   assert result.step == 2
-  records = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   train_losses = [r['loss'] for r in records if r['split'] == 'train']
   assert len(train_losses) == 2 and np.all(np.isfinite(train_losses))
   for split in config.train.eval_splits:

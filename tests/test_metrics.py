@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from crossmodal import files
 from crossmodal import metrics
 
 
@@ -90,7 +91,7 @@ w.close()
 assert 'tensorflow' not in sys.modules, 'TensorFlow was imported by the metric writer'
 '''
   subprocess.run([sys.executable, '-c', code], check=True, timeout=120)
-  records = metrics.read_jsonl(os.path.join(tmp_path, 'metrics.jsonl'))
+  records = files.read_jsonl(os.path.join(tmp_path, 'metrics.jsonl'))
   assert [(r['step'], r['split']) for r in records] == [(5, 'train'), (10, 'validation')]
   assert records[0]['loss'] == 0.5
   assert records[1]['accuracy'] == pytest.approx(7 / 8)
@@ -139,10 +140,10 @@ def test_workdir_files_go_through_epath_so_gs_paths_work(tmp_path, monkeypatch):
     resumed.write(2, 'train', {'loss': 0.25})
     resumed.close()
     config_utils.write_config(ml_collections.ConfigDict({'seed': 3}), 'gs://bucket/run')
-    records = metrics.read_jsonl('gs://bucket/run/metrics.jsonl')
+    records = files.read_jsonl('gs://bucket/run/metrics.jsonl')
     assert epath.Path('gs://bucket/run/config.json').exists()
   assert [(r['step'], r['loss']) for r in records] == [(1, 1.0), (2, 0.25)]
-  assert metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl') == records
+  assert files.read_jsonl(tmp_path / 'run' / 'metrics.jsonl') == records
   assert json.loads((tmp_path / 'run' / 'config.json').read_text()) == {'seed': 3}
   events = list((tmp_path / 'run' / 'tensorboard').glob('events.out.tfevents.*'))
   assert events and all(e.stat().st_size > 0 for e in events)

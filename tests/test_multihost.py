@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from crossmodal import metrics as metrics_lib
+from crossmodal import files
 from crossmodal import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +72,7 @@ def test_two_processes_match_one_process(tmp_path):
   for i, (code, _, err) in enumerate(results):
     assert code == 0, f'process {i} failed:\n{err[-4000:]}'
   # Process 0 alone writes the metrics file: one record per step and split.
-  records = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   keys = [(r['split'], r['step']) for r in records]
   assert len(keys) == len(set(keys)) and ('train', NUM_STEPS) in keys
 

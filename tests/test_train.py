@@ -19,9 +19,9 @@ import numpy as np
 import optax
 import pytest
 
+from crossmodal import files
 from crossmodal import checkpointing
 from crossmodal import config_utils
-from crossmodal import metrics as metrics_lib
 from crossmodal import optim
 from crossmodal import train
 
@@ -136,7 +136,7 @@ def trained(tmp_path_factory):
 def test_run_writes_metrics_config_and_checkpoints(trained):
   config, workdir, result = trained
   assert result.step == 12
-  records = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   by = {(r['split'], r['step']): r for r in records}
   assert sorted(s for sp, s in by if sp == 'train') == [4, 8, 12]
   assert sorted(s for sp, s in by if sp == 'validation') == [6, 12]
@@ -172,18 +172,18 @@ def test_evaluate_checkpoint_reproduces_recorded_metrics(trained):
   for split in ('validation', 'test'):
     assert latest[split]['confusion_matrix'] == result.metrics[split]['confusion_matrix']
     assert latest[split]['loss'] == pytest.approx(result.metrics[split]['loss'], rel=1e-6)
-  records = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   assert {r['split'] for r in records if r['split'].startswith('eval_')} == {
       'eval_validation', 'eval_test'}
 
 
 def test_restart_on_finished_workdir_trains_nothing(trained):
   config, workdir, result = trained
-  before = len(metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl')))
+  before = len(files.read_jsonl(os.path.join(workdir, 'metrics.jsonl')))
   again = train.train_and_evaluate(config, workdir)
   assert again.step == 12
   assert_trees_bitwise_equal(again.state, result.state)
-  records = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))[before:]
+  records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))[before:]
   assert not [r for r in records if r['split'] == 'train']
 
 
@@ -286,9 +286,9 @@ def test_killed_and_preempted_run_resumes_bitwise(tmp_path):
   assert meta['step'] == 12 and meta['pipeline_position'] == 12
   assert_trees_bitwise_equal(state, uninterrupted.state)
   # Steps redone after a restart are logged once: the records match the uninterrupted run's.
-  records = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   steps = [(r['split'], r['step']) for r in records]
-  reference = metrics_lib.read_jsonl(str(tmp_path / 'reference' / 'metrics.jsonl'))
+  reference = files.read_jsonl(str(tmp_path / 'reference' / 'metrics.jsonl'))
   assert steps == [(r['split'], r['step']) for r in reference]
 
 
