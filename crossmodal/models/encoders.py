@@ -21,6 +21,7 @@ import ml_collections
 
 from crossmodal.data import features as features_lib
 from crossmodal.models import attention
+from crossmodal.models import conv as conv_lib
 from crossmodal.models import text as text_lib
 
 
@@ -79,7 +80,8 @@ def _check_choice(module: nn.Module, field: str) -> None:
 def _conv(enc: _EncoderBase, features: int, kernel: int, strides: int = 1,
           use_bias: bool = False, name: str | None = None) -> nn.Conv:
   return nn.Conv(features, (kernel, kernel), strides=strides, padding='SAME',
-                 use_bias=use_bias, kernel_init=_conv_init, name=name, **enc._kw)
+                 use_bias=use_bias, kernel_init=_conv_init, name=name,
+                 conv_general_dilated=conv_lib.conv_general_dilated, **enc._kw)
 
 
 def _normalize(enc: _EncoderBase, kind: str, x: jax.Array, train: bool, name: str) -> jax.Array:
@@ -130,7 +132,7 @@ def _lenet_trunk(enc: _EncoderBase, x: jax.Array, train: bool) -> list[jax.Array
     x = _conv(enc, enc.base_channels * 2**i, 5 if i == 0 else 3, use_bias=enc.norm == 'none',
               name=f'conv_{i}')(x)
     x = _normalize(enc, enc.norm, x, train, name=f'norm_{i}')
-    x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = conv_lib.max_pool_2x2(nn.relu(x))
     stages.append(x)
   return stages
 
