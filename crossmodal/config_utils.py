@@ -146,6 +146,14 @@ def validate(config: Any, device_count: int | None = None,
           e.messages.append(f'config.data.{key}={size} must be divisible by the {what} '
                             f'({n}); e.g. {max(n, size // n * n)}')
 
+  data = e.get('data')
+  if isinstance(data, (dict, ml_collections.ConfigDict)) and 'cache' in data:
+    e.check('data.cache', lambda v: isinstance(v, bool), 'must be True or False')
+    if data['cache'] is True and data.get('worker_count', 0):
+      e.messages.append(f'config.data.cache=True with config.data.worker_count='
+                        f'{data["worker_count"]}: every worker process would hold its own '
+                        'copy of the dataset; use one of them')
+
   # Model (the model module checks its encoder/fusion sub-configs when it builds them).
   e.check('model.modalities',
           lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(MODALITIES),
@@ -298,7 +306,7 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
       max_eval_batches=0,  # 0 = whole split
       modality_dropout=0.0,  # probability of hiding each modality of a training example
       parallel='jit',  # or 'pmap'
-      sync_every_step='auto',  # 'auto' = block on each step's loss on CPU only (docs/architecture.md)
+      sync_every_step='auto',  # block on each step's loss on CPU with >1 device (architecture.md)
       dtype='float32',  # compute dtype; 'bfloat16' keeps params/optimizer state float32
   ))
   c.update(overrides)

@@ -70,18 +70,20 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 
 def resolve_sync_every_step(setting: str) -> bool:
-  """`train.sync_every_step`: 'on', 'off' or 'auto' (= on for the CPU backend only).
+  """`train.sync_every_step`: 'on', 'off' or 'auto' (= on for the CPU backend with more than
+  one device in the run).
 
   Why: with more simulated CPU devices than cores, steps dispatched without waiting can
   deadlock in XLA's CPU all-reduce rendezvous (docs/architecture.md). Blocking on each train step's loss
   and each eval step's accumulator is the setting that is reliable here: the tests run jit
   and pmap on 8 CPU devices and 2 processes x 2 devices with it. On GPU/TPU the sync would
-  only cost throughput, so 'auto' leaves it off there.
+  only cost throughput, so 'auto' leaves it off there, as on a single CPU device (no
+  collectives, and the host can prepare the next step while this one runs).
   """
   if setting not in SYNC_CHOICES:
     raise ValueError(f'config.train.sync_every_step={setting!r}; valid choices: {SYNC_CHOICES}')
   if setting == 'auto':
-    return jax.default_backend() == 'cpu'
+    return jax.default_backend() == 'cpu' and jax.device_count() > 1
   return setting == 'on'
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from crossmodal.data import input_pipeline, synthetic
+from crossmodal.data import datasets, input_pipeline, synthetic
 
 
 class IdSource:
@@ -157,6 +157,35 @@ def test_errors_name_the_problem():
     make(num_epochs=1, start_index=4)
   with pytest.raises(ValueError, match='no full batch'):
     make(size=5, num_epochs=1)
+
+
+class CountingSource(IdSource):
+  def __init__(self, size):
+    super().__init__(size)
+    self.reads = [0] * size
+
+  def __getitem__(self, i):
+    self.reads[int(i)] += 1
+    return super().__getitem__(i)
+
+
+def test_memory_cache_reads_each_example_once_and_changes_no_batch():
+  counting = CountingSource(24)
+  kwargs = dict(global_batch_size=8, seed=3, process_index=0, process_count=1)
+  cached = input_pipeline.make_pipeline(datasets.MemoryCache(counting), **kwargs)
+  plain = make(seed=3)
+  for a, b in zip(take(cached, 9), take(plain, 9)):  # three epochs
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert counting.reads == [1] * 24
+
+
+def test_get_source_caches_only_when_configured():
+  config = {'name': 'synthetic', 'synthetic': {'num_validation': 16}}
+  assert not isinstance(datasets.get_source(config, 'validation'), datasets.MemoryCache)
+  cached = datasets.get_source({**config, 'cache': True}, 'validation')
+  assert isinstance(cached, datasets.MemoryCache) and len(cached) == 16
 
 
 def test_synthetic_source_through_pipeline_with_workers():

@@ -91,6 +91,20 @@ def test_all_errors_reported_at_once_and_missing_keys_named():
   assert 'config.train.log_every is missing' in msg
 
 
+def test_data_cache_is_a_bool_and_not_combined_with_workers():
+  config = _synthetic_config()
+  config.data.cache = True
+  config_utils.validate(config)
+  config.data.worker_count = 2
+  with pytest.raises(config_utils.ConfigError, match='cache=True with config.data.worker_count=2'):
+    config_utils.validate(config)
+  config.data.worker_count = 0
+  with config.data.ignore_type():
+    config.data.cache = 'yes'
+  with pytest.raises(config_utils.ConfigError, match='config.data.cache=.yes.: must be True or False'):
+    config_utils.validate(config)
+
+
 def test_num_steps_multiple_of_accumulation():
   config = _synthetic_config()
   config.optim.accum_steps = 3
