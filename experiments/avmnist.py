@@ -31,7 +31,7 @@ from crossmodal.models import model as model_lib
 VARIANTS = ('pca', 'clean')
 SNR_DB = '-10'  # calibrated: audio-only ~66% test (docs/results.md)
 # Fusions that attend over tokens. The LeNets' final maps are 1x1 (one token), so for these the
-# tokens come from an earlier stage: image 3x3x24 (9 tokens), audio 6x4x96 (24 tokens).
+# tokens come from an earlier stage: image 3x3x24 (9 tokens), audio 6x4x48 (24 tokens).
 TOKEN_FUSIONS = ('crossattn', 'joint', 'bottleneck')
 LENET_TOKEN_STAGES = {'image': 2, 'audio': 3}
 

@@ -1,27 +1,46 @@
-r"""An independent PyTorch implementation of the default AV-MNIST model, for the benchmark.
+r"""Independent PyTorch implementations of two AV-MNIST models, for the benchmark.
 
 Issue 6 asks how crossmodal's training throughput compares with what a researcher would
-otherwise write: eager PyTorch in the style of MultiBench. This module is that baseline, written
-against the same definition as `experiments/avmnist.py` (concat fusion of the MultiBench
-LeNets, MLP head), so that scripts/benchmark.py can train both on the same batches:
+otherwise write: eager PyTorch in the style of MultiBench, for the default model and for the
+cross-attention fusion model. This module is that baseline, written against the same
+definitions as `experiments/avmnist.py`, so that scripts/benchmark.py can train both frameworks
+on the same batches. Both models share the MultiBench LeNets:
 
-  image: uint8 [B,28,28,1] -> /255 -> LeNet(1, 6, 3) -> 1x1x48 -> Linear 'pool_proj' -> 64
+  image: uint8 [B,28,28,1] -> /255 -> LeNet(1, 6, 3): 4 stages, final map 1x1x48
   audio: float32 waveform [B,8000] -> log-mel [B,1,101,64] (computed in the forward pass, as
-         our model does on device) -> (x - spec_mean) / spec_std -> LeNet(1, 6, 5) -> 1x1x192
-         -> Linear 'pool_proj' -> 64
-  head:  concat [B,128] -> Linear 100 -> ReLU -> Linear 10 (no dropout: model.dropout = 0)
+         our model does on device) -> (x - spec_mean) / spec_std -> LeNet(1, 6, 5): 6 stages,
+         final map 1x1x192
+
+concat (the default; AVMnistConcatTorch):
+  each final map -> Linear 'pool_proj' -> 64; concat [B,128] -> Linear 100 -> ReLU ->
+  Linear 10 (no dropout: model.dropout = 0)
+
+crossattn (`experiments/avmnist.py:fusion=crossattn`, MulT-style; AVMnistCrossAttnTorch):
+  tokens: image stage-2 map 3x3x24 -> 9 tokens, audio stage-3 map 6x4x48 -> 24 tokens
+          (row-major over h, w, as the JAX NHWC reshape), each -> Linear 'token_proj' -> 64,
+          + learned position and modality embeddings
+  both modalities are targets: [class token; own tokens] goes through
+    2 cross layers: keys/values are the other modality's embedded tokens (the same at every
+      layer), z = [MHA(LN(s), LN(c)); s] W_O (4 heads, per-head outputs straight into W_O,
+      no residual), then z + MLP(LN(z)) (GELU, tanh form, 4x)
+    1 pre-LN self-attention layer (residual), final LayerNorm, the class token
+  head: [cls_image; cls_audio] [B,128] -> Linear 100 -> ReLU -> Linear 10
+  dropout 0.1 on attention weights, attention outputs and MLPs (training only)
+  The LeNet stages after the token stages and both 'pool_proj' exist (so the parameter counts
+  are equal) but never reach the logits: in training the later stages run for their BatchNorm
+  statistics only, as in our step; pool_proj not at all (XLA drops it as dead code).
 
 It uses PyTorch's native NCHW layout and runs eagerly (no torch.compile), as MultiBench does.
-Only constants come from crossmodal (the mel filterbank, the window, the feature options and
-the spectrogram statistics), so both models see identical inputs; the arithmetic is torch's.
+Only constants come from crossmodal (the mel filterbank, the window, the feature options, the
+spectrogram statistics and the crossattn config's sizes), so both models see identical inputs;
+the arithmetic is torch's. A config switch this module does not implement is an error.
 
-  python scripts/torch_reference.py   # param counts, featurization diff, 5 steps at batch 8
+  python scripts/torch_reference.py   # param counts, featurization and logits diffs, 5 steps
 
 Needs `pip install torch==2.13.0` (the optional `bench` extra).
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import pathlib
 import statistics
@@ -82,11 +101,18 @@ class LogMel(nn.Module):
 
 # ----------------------------------------------------------------------------- model
 
+AUDIO_SAMPLES = 8000  # the batch contract: 1 s at 8 kHz
+# The crossattn switches this module implements (fusion.CrossAttentionFusion's defaults).
+CROSSATTN_SWITCHES = {'direction': 'both', 'kv_source': 'first_layer', 'combine': 'concat_proj',
+                      'modality_embeddings': True, 'positional_embeddings': True,
+                      'pooling': 'cls'}
+
 
 def _init_like_flax(module: nn.Module) -> None:
   """Initialises as our Flax model does, so both start from the same distribution:
   convs kaiming-uniform (encoders._conv_init), Linear lecun-normal (truncated, Flax's
-  nn.Dense default) with zero bias; BatchNorm scale 1, bias 0 (both frameworks' default)."""
+  nn.Dense default) with zero bias; BatchNorm and LayerNorm scale 1, bias 0 (both
+  frameworks' default). Embeddings are initialised where they are created."""
   for m in module.modules():
     if isinstance(m, nn.Conv2d):
       nn.init.kaiming_uniform_(m.weight, nonlinearity='relu')
@@ -99,7 +125,8 @@ def _init_like_flax(module: nn.Module) -> None:
 class LeNet(nn.Module):
   """MultiBench LeNet(1, base, extra): conv5x5 then `extra` conv3x3, channels doubling,
   each conv (no bias: BatchNorm follows) -> BatchNorm -> ReLU -> 2x2 max-pool; then the
-  final map is flattened and projected to `dim` (our 'pool_proj').
+  final map is flattened and projected to `dim` (our 'pool_proj'). With `token_stage` set,
+  `tokens` also gives that stage's map positions projected to `dim` ('token_proj').
 
   BatchNorm momentum 0.1 is Flax's momentum 0.9 in the other convention; eps 1e-5 both.
   Unavoidable difference: torch's running variance uses the unbiased batch variance, Flax's
@@ -107,7 +134,7 @@ class LeNet(nn.Module):
   """
 
   def __init__(self, base_channels: int, extra_layers: int, final_hw: tuple[int, int],
-               dim: int):
+               dim: int, token_stage: int | None = None):
     super().__init__()
     layers, c_in = [], 1
     for i in range(extra_layers + 1):
@@ -118,9 +145,43 @@ class LeNet(nn.Module):
       c_in = c_out
     self.trunk = nn.Sequential(*layers)
     self.pool_proj = nn.Linear(c_in * final_hw[0] * final_hw[1], dim)
+    if token_stage is not None:
+      if not -extra_layers - 1 <= token_stage <= extra_layers:
+        raise ValueError(f'LeNet: token_stage={token_stage} not in '
+                         f'{-extra_layers - 1}..{extra_layers}')
+      token_stage %= extra_layers + 1  # -1: the final map, as in the JAX encoders
+      self.token_proj = nn.Linear(base_channels * 2**token_stage, dim)
+    self.token_stage = token_stage
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.pool_proj(self.trunk(x).flatten(1))
+
+  def tokens(self, x: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] -> [B, h*w, dim]. In training every stage runs, since the later ones
+    update their BatchNorm statistics (as the JAX step does); in eval the trunk stops at the
+    token stage, the rest being dead code there."""
+    stages = len(self.trunk) // 4 if self.training else self.token_stage + 1
+    stage, token_map = 0, None
+    for layer in self.trunk:
+      x = layer(x)
+      if isinstance(layer, nn.MaxPool2d):
+        if stage == self.token_stage:
+          token_map = x
+        stage += 1
+        if stage == stages:
+          break
+    # NCHW -> NHWC before flattening: tokens in the JAX order (row-major over h, w).
+    return self.token_proj(token_map.permute(0, 2, 3, 1).flatten(1, 2))
+
+
+def _image_input(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+  """encoders._image_to_float: uint8 [B,H,W,1] -> [0, 1] -> (x - mean) / std, NCHW."""
+  return (image.permute(0, 3, 1, 2).float() / 255.0 - model.image_mean) / model.image_std
+
+
+def _audio_input(model: nn.Module, audio: torch.Tensor) -> torch.Tensor:
+  """encoders._spectrogram: [B, frames, n_mels] standardised, as a 1-channel image."""
+  return ((model.log_mel(audio) - model.spec_mean) / model.spec_std).unsqueeze(1)
 
 
 class AVMnistConcatTorch(nn.Module):
@@ -143,38 +204,230 @@ class AVMnistConcatTorch(nn.Module):
     _init_like_flax(self)
 
   def forward(self, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-    # encoders._image_to_float: uint8 -> [0, 1] -> (x - mean) / std; NHWC -> NCHW.
-    x = (image.permute(0, 3, 1, 2).float() / 255.0 - self.image_mean) / self.image_std
-    # encoders._spectrogram: [B, frames, n_mels] standardised, as a 1-channel image.
-    spec = (self.log_mel(audio) - self.spec_mean) / self.spec_std
-    fused = torch.cat([self.image(x), self.audio(spec.unsqueeze(1))], dim=1)
+    fused = torch.cat([self.image(_image_input(self, image)),
+                       self.audio(_audio_input(self, audio))], dim=1)
     return self.logits(F.relu(self.hidden(fused)))
 
 
-def count_params(model: nn.Module | None = None) -> int:
+class MultiHeadAttention(nn.Module):
+  """attention.MultiHeadAttention with every token valid (AV-MNIST has no padding and the
+  benchmark no missing modality). `out=False`: the per-head outputs, concatenated head-major
+  as the JAX reshape, are returned unprojected (the cross layer's W_O takes them)."""
+
+  def __init__(self, dim: int, num_heads: int, dropout: float, out: bool):
+    super().__init__()
+    self.num_heads, self.dropout = num_heads, dropout
+    self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
+    self.out = nn.Linear(dim, dim) if out else None
+
+  def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    b, n, d = x.shape
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, heads, N, D / heads]
+      return t.unflatten(-1, (self.num_heads, d // self.num_heads)).transpose(1, 2)
+
+    # Softmax(q k^T / sqrt(head_dim)) v with dropout on the weights, as the JAX code.
+    y = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(context)),
+                                       heads(self.value(context)),
+                                       dropout_p=self.dropout if self.training else 0.0)
+    y = y.transpose(1, 2).reshape(b, n, d)
+    return self.out(y) if self.out is not None else y
+
+
+class TransformerLayer(nn.Module):
+  """attention.TransformerLayer (pre-LN) with one context or none. Cross (combine
+  'concat_proj'): z = [h; s] W_O with h = MHA(LN_q(s), LN_kv(c)), no residual. Self
+  (combine 'residual'): z = s + MHA(LN_q(s), LN_q(s)). Then z + MLP(LN(z)).
+  LayerNorm eps 1e-6 and tanh-GELU are Flax's defaults (torch's are 1e-5 and exact GELU)."""
+
+  def __init__(self, dim: int, num_heads: int, mlp_ratio: int, dropout: float, cross: bool):
+    super().__init__()
+    self.norm_q = nn.LayerNorm(dim, eps=1e-6)
+    if cross:
+      self.norm_kv_0 = nn.LayerNorm(dim, eps=1e-6)
+      self.out_proj = nn.Linear(2 * dim, dim)
+    self.cross = cross
+    self.attention_0 = MultiHeadAttention(dim, num_heads, dropout, out=not cross)
+    self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
+    self.mlp_in = nn.Linear(dim, mlp_ratio * dim)
+    self.mlp_out = nn.Linear(mlp_ratio * dim, dim)
+    self.drop = nn.Dropout(dropout)
+
+  def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    y = self.norm_q(x)
+    if self.cross:
+      h = self.drop(self.attention_0(y, self.norm_kv_0(context)))
+      x = self.out_proj(torch.cat([h, x], dim=-1))
+    else:
+      x = x + self.drop(self.attention_0(y, y))
+    z = self.drop(F.gelu(self.mlp_in(self.norm_mlp(x)), approximate='tanh'))
+    return x + self.drop(self.mlp_out(z))
+
+
+class MLPHead(nn.Module):
+  """heads.MLPHead with one hidden layer and no dropout (model.dropout = 0)."""
+
+  def __init__(self, d_in: int, hidden: int, num_classes: int):
+    super().__init__()
+    self.hidden_0 = nn.Linear(d_in, hidden)
+    self.logits = nn.Linear(hidden, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.logits(F.relu(self.hidden_0(x)))
+
+
+class CrossAttentionFusion(nn.Module):
+  """fusion.CrossAttentionFusion with the switches in CROSSATTN_SWITCHES. Submodule and
+  parameter names are the Flax ones (load_jax_params relies on it).
+
+  forward({modality: tokens [B, N_m, D]}) -> logits; modalities in the JAX order.
+  """
+
+  def __init__(self, token_counts: Mapping[str, int], dim: int, num_classes: int,
+               hidden: int, num_layers: int, num_heads: int, self_attention_layers: int,
+               mlp_ratio: int, dropout: float):
+    super().__init__()
+    if len(token_counts) != 2:
+      raise ValueError(f'CrossAttentionFusion: implemented for 2 modalities, got '
+                       f'{list(token_counts)}')
+    self.modalities = tuple(token_counts)
+    self.num_layers, self.self_attention_layers = num_layers, self_attention_layers
+
+    def embedding(*shape: int) -> nn.Parameter:
+      return nn.Parameter(torch.randn(*shape) * 0.02)  # fusion._embed_init
+
+    for m, n in token_counts.items():
+      self.register_parameter(f'pos_embedding_{m}', embedding(n, dim))
+      self.register_parameter(f'modality_embedding_{m}', embedding(dim))
+      self.register_parameter(f'cls_{m}', embedding(dim))
+      for layer in range(num_layers):
+        self.add_module(f'cross_{layer}_{m}',
+                        TransformerLayer(dim, num_heads, mlp_ratio, dropout, cross=True))
+      for j in range(self_attention_layers):
+        self.add_module(f'self_{j}_{m}',
+                        TransformerLayer(dim, num_heads, mlp_ratio, dropout, cross=False))
+      self.add_module(f'norm_{m}', nn.LayerNorm(dim, eps=1e-6))
+    self.head = MLPHead(len(token_counts) * dim, hidden, num_classes)
+
+  def forward(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    a, b = self.modalities
+    source = {a: b, b: a}
+    embedded = {m: tokens[m] + getattr(self, f'pos_embedding_{m}')
+                + getattr(self, f'modality_embedding_{m}') for m in self.modalities}
+    states = {m: torch.cat([getattr(self, f'cls_{m}').expand(x.shape[0], 1, -1), x], dim=1)
+              for m, x in embedded.items()}
+    for layer in range(self.num_layers):  # kv_source 'first_layer': the embedded tokens
+      states = {m: getattr(self, f'cross_{layer}_{m}')(x, embedded[source[m]])
+                for m, x in states.items()}
+    pooled = []
+    for m, x in states.items():
+      for j in range(self.self_attention_layers):
+        x = getattr(self, f'self_{j}_{m}')(x)
+      pooled.append(getattr(self, f'norm_{m}')(x)[:, 0])  # the class token
+    return self.head(torch.cat(pooled, dim=-1))
+
+
+def _stage_hw(hw: tuple[int, int], stage: int) -> tuple[int, int]:
+  """Map size after `stage + 1` 2x2 'VALID' max-pools (odd sizes round down)."""
+  return hw[0] >> (stage + 1), hw[1] >> (stage + 1)
+
+
+class AVMnistCrossAttnTorch(nn.Module):
+  """experiments/avmnist.py:fusion=crossattn in PyTorch, NCHW (module docstring).
+
+  forward(image uint8 [B,28,28,1], audio float32 [B,8000]) -> logits [B, num_classes].
+  Defaults are the JAX config's; `from_config` reads them from a config.model.
+  """
+
+  def __init__(self, dim: int = 64, hidden: int = 100, num_classes: int = 10,
+               image_token_stage: int = 2, audio_token_stage: int = 3, num_layers: int = 2,
+               num_heads: int = 4, self_attention_layers: int = 1, mlp_ratio: int = 4,
+               dropout: float = 0.1, image_mean: float = 0.0, image_std: float = 1.0):
+    super().__init__()
+    a = _AUDIO_DEFAULTS
+    self.log_mel = LogMel(a.features)
+    self.spec_mean, self.spec_std = float(a.spec_mean), float(a.spec_std)
+    self.image_mean, self.image_std = image_mean, image_std
+    self.image = LeNet(6, 3, (1, 1), dim, token_stage=image_token_stage)
+    self.audio = LeNet(int(a.base_channels), int(a.extra_layers), (1, 1), dim,
+                       token_stage=audio_token_stage)
+    spec_hw = (1 + AUDIO_SAMPLES // self.log_mel.p.hop_length, self.log_mel.p.n_mels)
+    counts = {'image': math.prod(_stage_hw((28, 28), self.image.token_stage)),  # 3x3
+              'audio': math.prod(_stage_hw(spec_hw, self.audio.token_stage))}  # 6x4
+    self.fusion = CrossAttentionFusion(counts, dim, num_classes, hidden, num_layers, num_heads,
+                                       self_attention_layers, mlp_ratio, dropout)
+    _init_like_flax(self)
+
+  @classmethod
+  def from_config(cls, model_config: Any, num_classes: int = 10) -> AVMnistCrossAttnTorch:
+    """The model for a crossattn `config.model`; a switch not implemented here raises."""
+    f, enc = model_config.fusion, model_config.encoders
+    if f.type != 'crossattn':
+      raise ValueError(f'AVMnistCrossAttnTorch: fusion type {f.type!r}, not crossattn')
+    unsupported = {k: f[k] for k, v in CROSSATTN_SWITCHES.items() if f[k] != v}
+    if tuple(model_config.modalities) != ('image', 'audio'):
+      unsupported['modalities'] = tuple(model_config.modalities)
+    for m in ('image', 'audio'):
+      if m in enc and enc[m].type != 'lenet':
+        unsupported[f'encoders.{m}.type'] = enc[m].type
+    if len(model_config.head) != 1 or model_config.dropout:
+      unsupported['head, dropout'] = (tuple(model_config.head), model_config.dropout)
+    if unsupported:
+      raise ValueError(f'AVMnistCrossAttnTorch implements crossattn with {CROSSATTN_SWITCHES}, '
+                       f'image+audio LeNets and a 1-hidden-layer head; got {unsupported}')
+    return cls(dim=int(model_config.dim), hidden=int(model_config.head[0]),
+               num_classes=num_classes, image_token_stage=int(enc.image.token_stage),
+               audio_token_stage=int(enc.audio.token_stage), num_layers=int(f.num_layers),
+               num_heads=int(f.num_heads), self_attention_layers=int(f.self_attention_layers),
+               mlp_ratio=int(f.mlp_ratio), dropout=float(f.dropout))
+
+  def forward(self, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    return self.fusion({'image': self.image.tokens(_image_input(self, image)),
+                        'audio': self.audio.tokens(_audio_input(self, audio))})
+
+
+FUSIONS = ('concat', 'crossattn')
+
+
+def experiment_config(fusion: str = 'concat') -> Any:
+  """experiments/avmnist.py:fusion=<fusion>, the config both frameworks' models come from."""
+  if fusion not in FUSIONS:
+    raise ValueError(f'torch_reference: fusion={fusion!r}; implemented: {FUSIONS}')
+  from crossmodal import config_utils  # pylint: disable=import-outside-toplevel
+  return config_utils.load_config_file(f'{REPO / "experiments/avmnist.py"}:fusion={fusion}')
+
+
+def torch_model(fusion: str = 'concat', model_config: Any = None) -> nn.Module:
+  """The torch twin of experiments/avmnist.py:fusion=<fusion>; for crossattn, of
+  `model_config` if given (concat's torch model is fixed: it reads no config)."""
+  if fusion == 'concat':
+    return AVMnistConcatTorch()
+  if model_config is None:
+    model_config = experiment_config(fusion).model
+  return AVMnistCrossAttnTorch.from_config(model_config)
+
+
+def count_params(model: nn.Module | None = None, fusion: str = 'concat') -> int:
   """Trainable parameters of the torch model (BatchNorm running stats are buffers, as our
   `batch_stats` are not counted by crossmodal.models.model.count_params)."""
-  model = model if model is not None else AVMnistConcatTorch()
+  model = model if model is not None else torch_model(fusion)
   return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _default_jax_model():
-  """Our Flax model exactly as experiments/avmnist.py builds it by default."""
+def _jax_model(model_config: Any):
+  """Our Flax model exactly as experiments/avmnist.py builds it (float32 compute)."""
   from crossmodal.models import model as model_lib  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location('avmnist_config', REPO / 'experiments/avmnist.py')
-  config_module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(config_module)
-  return model_lib.build_model(config_module.get_config().model, num_classes=10)
+  return model_lib.build_model(model_config, num_classes=10)
 
 
-def jax_count_params() -> int:
-  """Parameter count of the model experiments/avmnist.py builds by default (abstract init)."""
+def jax_count_params(fusion: str = 'concat') -> int:
+  """Parameter count of experiments/avmnist.py:fusion=<fusion> (abstract init)."""
   import jax  # pylint: disable=import-outside-toplevel
   from crossmodal.models import model as model_lib  # pylint: disable=import-outside-toplevel
   batch = {'image': jax.ShapeDtypeStruct((2, 28, 28, 1), np.uint8),
-           'audio': jax.ShapeDtypeStruct((2, 8000), np.float32)}
-  variables = jax.eval_shape(_default_jax_model().init, jax.random.PRNGKey(0), batch)
-  return model_lib.count_params(variables)
+           'audio': jax.ShapeDtypeStruct((2, AUDIO_SAMPLES), np.float32)}
+  model = _jax_model(experiment_config(fusion).model)
+  return model_lib.count_params(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch))
 
 
 # ----------------------------------------------------------------------------- checks & timing
@@ -189,44 +442,115 @@ def featurization_max_abs_diff(waveform_np: np.ndarray) -> float:
   return float(np.max(np.abs(ours - theirs)))
 
 
-def load_jax_params(model: AVMnistConcatTorch, params: Mapping[str, Any]) -> None:
-  """Copies our Flax `params` (of the default AV-MNIST model) into `model`, converting
-  layouts (conv HWIO -> OIHW, Dense [in, out] -> [out, in])."""
-  def copy(dst: torch.Tensor, src: Any, perm: tuple[int, ...] = ()) -> None:
-    src = np.array(src, np.float32)  # a writable copy (jax arrays are read-only)
-    dst.copy_(torch.from_numpy(np.ascontiguousarray(src.transpose(perm) if perm else src)))
+def _copy(dst: torch.Tensor, src: Any, perm: tuple[int, ...] = ()) -> None:
+  """dst <- src (transposed by `perm`); shapes must agree exactly (copy_ would broadcast)."""
+  src = np.array(src, np.float32)  # a writable copy (jax arrays are read-only)
+  src = np.ascontiguousarray(src.transpose(perm) if perm else src)
+  if tuple(dst.shape) != src.shape:
+    raise ValueError(f'load_jax_params: shape {src.shape} does not fit {tuple(dst.shape)}')
+  dst.copy_(torch.from_numpy(src))
 
+
+def _flat(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      yield from _flat(value, prefix + (key,))
+    else:
+      yield prefix + (key,), value
+
+
+def _load_by_name(module: nn.Module, params: Mapping[str, Any]) -> None:
+  """Copies a Flax subtree into a module whose names mirror it: 'kernel' and 'scale' become
+  'weight'; kernels go to [out, in] with q/k/v (D, heads, head_dim) and out (heads, head_dim,
+  D) flattened head-major; every torch parameter must be filled exactly once."""
+  targets = dict(module.named_parameters())
+  filled = set()
+  for path, value in _flat(params):
+    *owner, leaf = path
+    value = np.asarray(value)
+    if leaf == 'kernel':
+      if owner[-1] in ('query', 'key', 'value'):
+        value = value.reshape(value.shape[0], -1)
+      value = value.reshape(-1, value.shape[-1]).T
+    elif leaf == 'bias':
+      value = value.reshape(-1)
+    name = '.'.join(owner + [{'kernel': 'weight', 'scale': 'weight'}.get(leaf, leaf)])
+    if name not in targets:
+      raise ValueError(f'load_jax_params: {"/".join(path)} has no torch parameter {name!r}')
+    _copy(targets[name], value)
+    filled.add(name)
+  if set(targets) != filled:
+    raise ValueError(f'load_jax_params: torch parameters without a JAX value: '
+                     f'{sorted(set(targets) - filled)}')
+
+
+def load_jax_params(model: nn.Module, params: Mapping[str, Any],
+                    batch_stats: Mapping[str, Any] | None = None) -> None:
+  """Copies our Flax `params` (and BatchNorm `batch_stats`, if given) of the same model into
+  `model` (AVMnistConcatTorch or AVMnistCrossAttnTorch), converting layouts (conv HWIO ->
+  OIHW, Dense [in, out] -> [out, in])."""
   with torch.no_grad():
     for name, lenet in (('image_encoder', model.image), ('audio_encoder', model.audio)):
       p = params[name]
       convs = [m for m in lenet.trunk if isinstance(m, nn.Conv2d)]
       norms = [m for m in lenet.trunk if isinstance(m, nn.BatchNorm2d)]
       for i, (conv, norm) in enumerate(zip(convs, norms)):
-        copy(conv.weight, p[f'conv_{i}']['kernel'], (3, 2, 0, 1))
-        copy(norm.weight, p[f'norm_{i}']['scale'])
-        copy(norm.bias, p[f'norm_{i}']['bias'])
-      copy(lenet.pool_proj.weight, p['pool_proj']['kernel'], (1, 0))
-      copy(lenet.pool_proj.bias, p['pool_proj']['bias'])
-    head = params['fusion']['head']
-    for layer, key in ((model.hidden, 'hidden_0'), (model.logits, 'logits')):
-      copy(layer.weight, head[key]['kernel'], (1, 0))
-      copy(layer.bias, head[key]['bias'])
+        _copy(conv.weight, p[f'conv_{i}']['kernel'], (3, 2, 0, 1))
+        _copy(norm.weight, p[f'norm_{i}']['scale'])
+        _copy(norm.bias, p[f'norm_{i}']['bias'])
+        if batch_stats is not None:
+          _copy(norm.running_mean, batch_stats[name][f'norm_{i}']['mean'])
+          _copy(norm.running_var, batch_stats[name][f'norm_{i}']['var'])
+      projections = ('pool_proj', 'token_proj') if lenet.token_stage is not None else (
+          'pool_proj',)
+      if set(p) - {f'conv_{i}' for i in range(len(convs))} - {
+          f'norm_{i}' for i in range(len(norms))} != set(projections):
+        raise ValueError(f'load_jax_params: {name} has {sorted(p)}; the torch LeNet has '
+                         f'{len(convs)} stages and {projections}')
+      for proj in projections:
+        _copy(getattr(lenet, proj).weight, p[proj]['kernel'], (1, 0))
+        _copy(getattr(lenet, proj).bias, p[proj]['bias'])
+    if isinstance(model, AVMnistCrossAttnTorch):
+      _load_by_name(model.fusion, params['fusion'])
+    else:
+      head = params['fusion']['head']
+      for layer, key in ((model.hidden, 'hidden_0'), (model.logits, 'logits')):
+        _copy(layer.weight, head[key]['kernel'], (1, 0))
+        _copy(layer.bias, head[key]['bias'])
 
 
-def logits_max_abs_diff(batch: Mapping[str, np.ndarray], seed: int = 0) -> float:
-  """max |torch logits - crossmodal logits| with the same weights, in training mode (batch
-  statistics), on one batch: shows the two forward passes compute the same function."""
+def logits_max_abs_diff(batch: Mapping[str, np.ndarray], seed: int = 0,
+                        fusion: str = 'concat', train: bool = False) -> float:
+  """max |torch logits - crossmodal logits| with the same weights on one batch: shows the
+  two forward passes compute the same function.
+
+  train=False: eval mode, BatchNorm with running statistics, taken from one JAX training
+  pass over the batch (so they are not the trivial (0, 1) and their copying is tested too).
+  train=True: training mode (batch statistics), with the fusion's dropout set to 0 on both
+  sides, since the two frameworks' dropout masks cannot agree.
+  """
   import jax  # pylint: disable=import-outside-toplevel
-  model = _default_jax_model()
-  inputs = {'image': batch['image'], 'audio': batch['audio']}
-  variables = model.init(jax.random.PRNGKey(seed), inputs)
-  ours, _ = model.apply(variables, inputs, train=True, mutable=['batch_stats'])
-  torch_model = AVMnistConcatTorch().train()
-  load_jax_params(torch_model, variables['params'])
+  config = experiment_config(fusion).model
+  if train and 'dropout' in config.fusion:
+    config.fusion.dropout = 0.0
+  model = _jax_model(config)
+
+  def forward(inputs):  # one jit: compiles in a third of the time eager op-by-op takes
+    variables = model.init(jax.random.PRNGKey(seed), inputs)
+    out, updates = model.apply(variables, inputs, train=True, mutable=['batch_stats'],
+                               rngs={'dropout': jax.random.PRNGKey(seed + 1)})
+    if not train:
+      variables = {**variables, **updates}
+      out = model.apply(variables, inputs, train=False)
+    return variables, out['logits']
+
+  variables, ours = jax.jit(forward)({'image': batch['image'], 'audio': batch['audio']})
+  torch_model_ = torch_model(fusion, config).train(train)
+  load_jax_params(torch_model_, variables['params'], variables['batch_stats'])
   image, audio, _ = _to_torch(batch)
   with torch.no_grad():
-    theirs = torch_model(image, audio).numpy()
-  return float(np.max(np.abs(np.asarray(ours['logits']) - theirs)))
+    theirs = torch_model_(image, audio).numpy()
+  return float(np.max(np.abs(np.asarray(ours) - theirs)))
 
 
 def _to_torch(batch: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
@@ -237,15 +561,18 @@ def _to_torch(batch: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
 
 def train_throughput(batches: Sequence[Mapping[str, np.ndarray]], steps: int, threads: int,
                      lr: float = 0.01, momentum: float = 0.9, warmup: int = 3,
-                     repeats: int = 3, seed: int = 0) -> dict[str, Any]:
-  """Trains AVMnistConcatTorch with SGD + momentum and softmax cross-entropy (mean over the
-  batch, as crossmodal.train) cycling through `batches`, and times it.
+                     repeats: int = 3, seed: int = 0, fusion: str = 'concat'
+                     ) -> dict[str, Any]:
+  """Trains the torch model of `fusion` (torch_model) with SGD + momentum and softmax
+  cross-entropy (mean over the batch, as crossmodal.train) cycling through `batches`, and
+  times it.
 
   Batches are converted to tensors before timing (our side likewise trains on batches already
   in memory), `warmup` steps are excluded, and `repeats` blocks of `steps` steps are timed;
   a block ends with loss.item(), so all its work has finished. The global torch thread count
   is restored afterwards.
-  Returns examples_per_sec_median / _all, batch_size, threads, torch_version, final_loss.
+  Returns examples_per_sec_median / _all, batch_size, threads, torch_version, final_loss,
+  fusion.
   """
   if not batches or steps < 1 or repeats < 1 or warmup < 0:
     raise ValueError(f'train_throughput: need batches, steps >= 1, repeats >= 1, warmup >= 0; '
@@ -259,7 +586,7 @@ def train_throughput(batches: Sequence[Mapping[str, np.ndarray]], steps: int, th
   torch.set_num_threads(threads)
   try:
     torch.manual_seed(seed)
-    model = AVMnistConcatTorch().train()
+    model = torch_model(fusion).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     data = [_to_torch(b) for b in batches]
     step_count = 0
@@ -287,33 +614,40 @@ def train_throughput(batches: Sequence[Mapping[str, np.ndarray]], steps: int, th
     torch.set_num_threads(previous_threads)
   return {'examples_per_sec_median': statistics.median(rates), 'examples_per_sec_all': rates,
           'batch_size': batch_size, 'threads': threads, 'torch_version': torch.__version__,
-          'final_loss': final_loss}
+          'final_loss': final_loss, 'fusion': fusion}
 
 
 def _random_batches(num: int, batch_size: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
   """Random batches following the batch contract (for the self-check only)."""
   rng = np.random.default_rng(seed)
   return [{'image': rng.integers(0, 256, (batch_size, 28, 28, 1), dtype=np.uint8),
-           'audio': rng.uniform(-0.5, 0.5, (batch_size, 8000)).astype(np.float32),
+           'audio': rng.uniform(-0.5, 0.5, (batch_size, AUDIO_SAMPLES)).astype(np.float32),
            'label': rng.integers(0, 10, batch_size, dtype=np.int32)} for _ in range(num)]
 
 
 def main() -> None:
-  ours, theirs = jax_count_params(), count_params()
-  print(f'parameters: crossmodal {ours:,}  torch {theirs:,}  equal={ours == theirs}')
   rng = np.random.default_rng(1)
-  waveform = (rng.standard_normal((8, 8000)) * 0.1).astype(np.float32)
+  waveform = (rng.standard_normal((8, AUDIO_SAMPLES)) * 0.1).astype(np.float32)
   waveform[0, :4000] = 0.0  # exact silence exercises the amin / top_db floor
   print(f'featurization max |torch - jax| log-mel: {featurization_max_abs_diff(waveform):.2e} dB')
   batches = _random_batches(2, 8)
-  print(f'logits max |torch - jax|, same weights: {logits_max_abs_diff(batches[0]):.2e}')
-  # One thread: on a shared 2-core CPU, 2 OpenMP threads stall whenever another job runs.
-  result = train_throughput(batches, steps=5, threads=1, warmup=1, repeats=1)
-  print(f'torch {result["torch_version"]}, batch {result["batch_size"]}, '
-        f'threads={result["threads"]}: {result["examples_per_sec_median"]:.1f} examples/s '
-        f'(loss {result["final_loss"]:.3f})')
-  if ours != theirs:
-    raise SystemExit('parameter counts differ')
+  unequal = []
+  for fusion in FUSIONS:
+    ours, theirs = jax_count_params(fusion), count_params(fusion=fusion)
+    print(f'{fusion}: parameters crossmodal {ours:,}  torch {theirs:,}  equal={ours == theirs}')
+    if ours != theirs:
+      unequal.append(fusion)
+    for train in (False, True):
+      diff = logits_max_abs_diff(batches[0], fusion=fusion, train=train)
+      print(f'{fusion}: logits max |torch - jax|, same weights, '
+            f'{"train mode, no dropout" if train else "eval mode"}: {diff:.2e}')
+    # One thread: on a shared 2-core CPU, 2 OpenMP threads stall whenever another job runs.
+    result = train_throughput(batches, steps=5, threads=1, warmup=1, repeats=1, fusion=fusion)
+    print(f'{fusion}: torch {result["torch_version"]}, batch {result["batch_size"]}, '
+          f'threads={result["threads"]}: {result["examples_per_sec_median"]:.1f} examples/s '
+          f'(loss {result["final_loss"]:.3f})')
+  if unequal:
+    raise SystemExit(f'parameter counts differ: {unequal}')
 
 
 if __name__ == '__main__':
