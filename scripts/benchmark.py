@@ -271,16 +271,23 @@ def section_pipeline(sizes: Sizes) -> list[str]:
           f'| {100 * cold / memory_rate:.1f}% |']
   source = run.source('train')
   if config.data.get('cache', False):  # decode the rest of the split: the epochs after the first
-    start = time.perf_counter()
     for i in range(len(source)):
       source[i]  # pylint: disable=pointless-statement
-    decode = time.perf_counter() - start
     warm = float(np.median([loop(_take(pipeline, sizes.pipeline_steps))
                             for _ in range(sizes.repeats)]))
     rows.append(f'| the same pipeline after the first epoch (config.data.cache: decoded '
                 f'examples in memory) | {warm:.0f} | {100 * warm / memory_rate:.1f}% |')
-    rows += ['', f'Decoding the {len(source)} training examples once took {decode:.1f} s.']
   pipeline.close()
+  # What the cache saves: decoding from a fresh (uncached) source, one example at a time.
+  from crossmodal.data import datasets  # pylint: disable=g-import-not-at-top
+  fresh = datasets.get_source({**config.data.to_dict(), 'cache': False}, 'train')
+  n = min(len(fresh), 50 * sizes.pipeline_steps)
+  start, cpu = time.perf_counter(), time.process_time()
+  for i in range(n):
+    fresh[i]  # pylint: disable=pointless-statement
+  rows += ['', f'Decoding one training example from the uncached source takes '
+           f'{1e3 * (time.perf_counter() - start) / n:.2f} ms ({1e3 * (time.process_time() - cpu) / n:.2f} ms '
+           f'of CPU; {n} examples).']
   return rows
 
 
@@ -343,6 +350,48 @@ def section_scaling(sizes: Sizes) -> list[str]:
   return rows
 
 
+# ----------------------------------------------------------------------------- LeNet layers
+
+# (input map, kernel, in -> out channels) of the AV-MNIST LeNets: audio on the 101x64 log-mel,
+# image on 28x28 (experiments/avmnist.py).
+LENET_LAYERS = (('audio', (101, 64), 5, 1, 6), ('audio', (50, 32), 3, 6, 12),
+                ('audio', (25, 16), 3, 12, 24), ('audio', (12, 8), 3, 24, 48),
+                ('audio', (6, 4), 3, 48, 96), ('audio', (3, 2), 3, 96, 192),
+                ('image', (28, 28), 5, 1, 6), ('image', (14, 14), 3, 6, 12),
+                ('image', (7, 7), 3, 12, 24), ('image', (3, 3), 3, 24, 48))
+
+
+def section_layers(sizes: Sizes) -> list[str]:
+  """Per LeNet stage (conv, ReLU, 2x2 max-pool; forward + backward to input and kernel): XLA's
+  convolution and nn.max_pool vs crossmodal.models.conv's paths, which the encoders use."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from crossmodal.models import conv  # pylint: disable=g-import-not-at-top
+  b = max(sizes.batch_sizes)
+  rows = [f'Batch {b}, float32; the conv path chosen by `conv.choose_impl` is named.', '',
+          '| encoder | map | conv | XLA conv + nn.max_pool ms | crossmodal ms | speed-up |',
+          '|---|---|---|---|---|---|']
+  total = [0.0, 0.0]
+  for encoder, (h, w), k, cin, cout in LENET_LAYERS:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(b, h, w, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)) * 0.1, jnp.float32)
+    times = []
+    for impl, pool in (('lax', lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))),
+                       ('auto', conv.max_pool_2x2)):
+      def loss(x, kernel, impl=impl, pool=pool):
+        return (pool(nn.relu(conv.conv2d_same(x, kernel, impl))) ** 2).sum()
+      grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+      times.append(float(np.median(timed(lambda: jax.block_until_ready(grad(x, kernel)),
+                                         max(2, sizes.steps // 4), sizes.repeats))))
+    total = [total[0] + times[0], total[1] + times[1]]
+    rows.append(f'| {encoder} | {h}x{w}x{cin} | {k}x{k} to {cout} '
+                f'({conv.choose_impl(x.shape, kernel.shape)}) | {1e3 * times[0]:.1f} | '
+                f'{1e3 * times[1]:.1f} | {times[0] / times[1]:.2f}x |')
+  rows.append(f'| all | | | {1e3 * total[0]:.1f} | {1e3 * total[1]:.1f} | '
+              f'{total[0] / total[1]:.2f}x |')
+  return rows
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -367,6 +416,8 @@ def run_benchmarks(sizes: Sizes, sections: Sequence[str]) -> str:
       'startup': ('Start-up and memory (default AV-MNIST config)', section_startup),
       'scaling': ('Cross-attention block: cost as batch and sequence grow',
                   lambda: section_scaling(sizes)),
+      'layers': ('LeNet stages: XLA convolution and max-pool vs the fast paths',
+                 lambda: section_layers(sizes)),
   }
   for key in sections:
     title, fn = table[key]
@@ -377,7 +428,7 @@ def run_benchmarks(sizes: Sizes, sections: Sequence[str]) -> str:
   return '\n'.join(parts)
 
 
-SECTIONS = ('torch', 'utilisation', 'features', 'pipeline', 'startup', 'scaling')
+SECTIONS = ('torch', 'utilisation', 'features', 'pipeline', 'startup', 'scaling', 'layers')
 
 
 def main(argv: Sequence[str] | None = None) -> int:

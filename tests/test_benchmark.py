@@ -28,7 +28,7 @@ def _rows(text, title):
 @pytest.mark.slow
 def test_tiny_benchmark_reports_every_measured_section(benchmark, tmp_path):
   out = tmp_path / 'perf.md'
-  assert benchmark.main(['--tiny', '--sections=features,scaling,utilisation',
+  assert benchmark.main(['--tiny', '--sections=features,scaling,utilisation,layers',
                          f'--out={out}']) == 0
   text = out.read_text()
   features = _rows(text, 'Featurization')
@@ -46,6 +46,11 @@ def test_tiny_benchmark_reports_every_measured_section(benchmark, tmp_path):
     assert gflop > 0 and re.fullmatch(r'\d+\.\d%', percent)
   # The crossattn step does more work than the concat one (its FLOPs come from XLA).
   assert float(utilisation[1].split('|')[3]) > float(utilisation[0].split('|')[3])
+  layers = _rows(text, 'LeNet stages')
+  assert len(layers) == len(benchmark.LENET_LAYERS) + 1 and layers[-1].startswith('| all')
+  assert '(shifted)' in layers[0] and '(lax)' in layers[1]  # the 1-channel stem; 6 channels
+  for row in layers:
+    assert float(row.split('|')[4]) > 0 and row.split('|')[6].strip().endswith('x')
 
 
 def test_unknown_section_is_an_error(benchmark):
