@@ -26,9 +26,8 @@ crossattn (`experiments/avmnist.py:fusion=crossattn`, MulT-style; AVMnistCrossAt
     1 pre-LN self-attention layer (residual), final LayerNorm, the class token
   head: [cls_image; cls_audio] [B,128] -> Linear 100 -> ReLU -> Linear 10
   dropout 0.1 on attention weights, attention outputs and MLPs (training only)
-  The LeNet stages after the token stages and both 'pool_proj' exist (so the parameter counts
-  are equal) but never reach the logits: in training the later stages run for their BatchNorm
-  statistics only, as in our step; pool_proj not at all (XLA drops it as dead code).
+  Each LeNet stops at its token stage and has no 'pool_proj', as the JAX encoders under an
+  attention fusion (nothing would read the later stages).
 
 It uses PyTorch's native NCHW layout and runs eagerly (no torch.compile), as MultiBench does.
 Only constants come from crossmodal (the mel filterbank, the window, the feature options, the
@@ -126,7 +125,8 @@ class LeNet(nn.Module):
   """MultiBench LeNet(1, base, extra): conv5x5 then `extra` conv3x3, channels doubling,
   each conv (no bias: BatchNorm follows) -> BatchNorm -> ReLU -> 2x2 max-pool; then the
   final map is flattened and projected to `dim` (our 'pool_proj'). With `token_stage` set,
-  `tokens` also gives that stage's map positions projected to `dim` ('token_proj').
+  the trunk ends at that stage and `tokens` gives its map positions projected to `dim`
+  ('token_proj') instead.
 
   BatchNorm momentum 0.1 is Flax's momentum 0.9 in the other convention; eps 1e-5 both.
   Unavoidable difference: torch's running variance uses the unbiased batch variance, Flax's
@@ -136,40 +136,33 @@ class LeNet(nn.Module):
   def __init__(self, base_channels: int, extra_layers: int, final_hw: tuple[int, int],
                dim: int, token_stage: int | None = None):
     super().__init__()
+    if token_stage is not None:
+      if not -extra_layers - 1 <= token_stage <= extra_layers:
+        raise ValueError(f'LeNet: token_stage={token_stage} not in '
+                         f'{-extra_layers - 1}..{extra_layers}')
+      token_stage %= extra_layers + 1  # -1: the final map, as in the JAX encoders
     layers, c_in = [], 1
-    for i in range(extra_layers + 1):
+    # With tokens (attention fusions) the trunk stops at the token stage and has no pooled
+    # projection, as the JAX encoders built with_pooled=False.
+    for i in range(extra_layers + 1 if token_stage is None else token_stage + 1):
       c_out = base_channels * 2**i
       k = 5 if i == 0 else 3
       layers += [nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),  # 'SAME' for odd k
                  nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.1), nn.ReLU(), nn.MaxPool2d(2)]
       c_in = c_out
     self.trunk = nn.Sequential(*layers)
-    self.pool_proj = nn.Linear(c_in * final_hw[0] * final_hw[1], dim)
-    if token_stage is not None:
-      if not -extra_layers - 1 <= token_stage <= extra_layers:
-        raise ValueError(f'LeNet: token_stage={token_stage} not in '
-                         f'{-extra_layers - 1}..{extra_layers}')
-      token_stage %= extra_layers + 1  # -1: the final map, as in the JAX encoders
-      self.token_proj = nn.Linear(base_channels * 2**token_stage, dim)
+    if token_stage is None:
+      self.pool_proj = nn.Linear(c_in * final_hw[0] * final_hw[1], dim)
+    else:
+      self.token_proj = nn.Linear(c_in, dim)
     self.token_stage = token_stage
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.pool_proj(self.trunk(x).flatten(1))
 
   def tokens(self, x: torch.Tensor) -> torch.Tensor:
-    """[B, 1, H, W] -> [B, h*w, dim]. In training every stage runs, since the later ones
-    update their BatchNorm statistics (as the JAX step does); in eval the trunk stops at the
-    token stage, the rest being dead code there."""
-    stages = len(self.trunk) // 4 if self.training else self.token_stage + 1
-    stage, token_map = 0, None
-    for layer in self.trunk:
-      x = layer(x)
-      if isinstance(layer, nn.MaxPool2d):
-        if stage == self.token_stage:
-          token_map = x
-        stage += 1
-        if stage == stages:
-          break
+    """[B, 1, H, W] -> [B, h*w, dim] from the token stage (the end of this trunk)."""
+    token_map = self.trunk(x)
     # NCHW -> NHWC before flattening: tokens in the JAX order (row-major over h, w).
     return self.token_proj(token_map.permute(0, 2, 3, 1).flatten(1, 2))
 
@@ -501,8 +494,7 @@ def load_jax_params(model: nn.Module, params: Mapping[str, Any],
         if batch_stats is not None:
           _copy(norm.running_mean, batch_stats[name][f'norm_{i}']['mean'])
           _copy(norm.running_var, batch_stats[name][f'norm_{i}']['var'])
-      projections = ('pool_proj', 'token_proj') if lenet.token_stage is not None else (
-          'pool_proj',)
+      projections = ('token_proj',) if lenet.token_stage is not None else ('pool_proj',)
       if set(p) - {f'conv_{i}' for i in range(len(convs))} - {
           f'norm_{i}' for i in range(len(norms))} != set(projections):
         raise ValueError(f'load_jax_params: {name} has {sorted(p)}; the torch LeNet has '

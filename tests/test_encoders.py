@@ -454,3 +454,18 @@ def test_mlp_head_shapes_and_dropout():
   linear = heads.MLPHead(hidden=(), num_classes=3)
   assert _shapes(linear.init(jax.random.PRNGKey(0), x)['params']) == {
       'logits': {'kernel': (12, 3), 'bias': (3,)}}
+
+
+@pytest.mark.parametrize('modality, images', [('image', (2, 28, 28, 1)), ('audio', (2, 8000))])
+def test_lenet_without_pooled_stops_at_the_token_stage(modality, images):
+  x = jnp.zeros(images, jnp.uint8 if modality == 'image' else jnp.float32)
+  cfg = E.encoder_config(modality, 'lenet', token_stage=1)
+  enc = E.build_encoder(modality, cfg, 16, with_pooled=False)
+  out, variables = enc.init_with_output(jax.random.PRNGKey(0), x)
+  assert out.pooled is None and out.tokens.shape[-1] == 16
+  assert sorted(variables['params']) == ['conv_0', 'conv_1', 'norm_0', 'norm_1', 'token_proj']
+  full = E.build_encoder(modality, cfg, 16).init_with_output(jax.random.PRNGKey(0), x)[0]
+  np.testing.assert_allclose(out.tokens, full.tokens, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="pool='avg' has no effect with an attention fusion"):
+    E.build_encoder(modality, E.encoder_config(modality, 'lenet', pool='avg'), 16,
+                    with_pooled=False).init(jax.random.PRNGKey(0), x)

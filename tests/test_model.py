@@ -64,7 +64,10 @@ def _check_output_shapes(model, modalities):
       lambda b: model.init_with_output(jax.random.PRNGKey(0), b, return_attention=True),
       _abstract_batch(modalities))
   assert out['logits'].shape == (B, C) and out['logits'].dtype == jnp.float32
-  assert {m: e.shape for m, e in out['embeddings'].items()} == {m: (B, DIM) for m in modalities}
+  # Conv encoders under an attention fusion compute no pooled vector (nothing reads it).
+  pooled = [m for m in modalities if not (F.uses_tokens(model.fusion.type)
+                                          and model.encoders[m].type in ('lenet', 'cnn'))]
+  assert {m: e.shape for m, e in out['embeddings'].items()} == {m: (B, DIM) for m in pooled}
   assert isinstance(out['attention'], dict)
   for name, w in out['attention'].items():
     assert w.ndim == 4 and w.shape[0] == B, name
@@ -136,8 +139,9 @@ def test_embeddings_are_the_encoders_pooled_outputs():
   variables = model.init(jax.random.PRNGKey(0), batch)
   out = model.apply(variables, batch)
   for m in ('image', 'text'):
-    enc = E.build_encoder(m, cfg.encoders[m], DIM,
-                          with_tokens=F.uses_tokens(cfg.fusion.type))  # as the model builds it
+    tokens = F.uses_tokens(cfg.fusion.type)
+    enc = E.build_encoder(m, cfg.encoders[m], DIM, with_tokens=tokens,
+                          with_pooled=not tokens)  # as the model builds it
     sub = {col: tree[f'{m}_encoder'] for col, tree in variables.items()
            if f'{m}_encoder' in tree}
     np.testing.assert_allclose(out['embeddings'][m], enc.apply(sub, batch[m]).pooled,
@@ -268,23 +272,34 @@ def test_param_count_script_prints_a_table():
   assert 'late' in text and f'{row["total"]:,}' in text
 
 
-@pytest.mark.parametrize('fusion', ['concat', 'late', 'tensor', 'crossattn', 'joint'])
-def test_every_model_parameter_gets_a_gradient(fusion):
-  """No parameter is created and left without effect on any output (it would inflate the
+@pytest.mark.parametrize('fusion, token_stage', [
+    ('concat', -1), ('late', -1), ('tensor', -1), ('crossattn', -1), ('joint', -1),
+    ('crossattn', 0), ('bottleneck', 0)])
+def test_every_model_parameter_reaches_the_logits(fusion, token_stage):
+  """No parameter is created and left without effect on the logits (it would inflate the
   counts an ablation reports): conv encoders build their token projection only for attention
-  fusions. (With attention fusions the pooled projection feeds only the embeddings.)"""
-  model = M.build_model(_config(dict(image='lenet', audio='lenet'), fusion), C)
+  fusions, and under those stop at the token stage with no pooled projection."""
+  cfg = _config(dict(image='lenet', audio='lenet'), fusion)
+  for m in ('image', 'audio'):
+    cfg.encoders[m].token_stage = token_stage
+  model = M.build_model(cfg, C)
   batch = _batch()
   variables = model.init(jax.random.PRNGKey(0), batch)
 
-  def loss(params):  # every output: logits and the per-modality embeddings
+  def loss(params):
     out, _ = model.apply({**variables, 'params': params}, batch, train=True,
                          rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
-    return jnp.sum(out['logits'] ** 2) + sum(jnp.sum(e ** 2) for e in out['embeddings'].values())
+    return jnp.sum(out['logits'] ** 2)
 
   grads = jax.grad(loss)(variables['params'])
   dead = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
           if not np.any(np.asarray(g))]
   assert not dead, dead
-  has_token_proj = 'token_proj' in variables['params']['image_encoder']
-  assert has_token_proj == F.uses_tokens(fusion)
+  image = variables['params']['image_encoder']
+  assert ('token_proj' in image) == F.uses_tokens(fusion)
+  assert ('pool_proj' in image) != F.uses_tokens(fusion)
+  stages = sum(k.startswith('conv_') for k in image)
+  last = cfg.encoders.image.extra_layers + 1
+  assert stages == (token_stage % last + 1 if F.uses_tokens(fusion) else last)
+  out = model.apply(variables, batch)
+  assert set(out['embeddings']) == (set() if F.uses_tokens(fusion) else {'image', 'audio'})

@@ -58,6 +58,10 @@ class _EncoderBase(nn.Module):
   # False when the fusion reads only `pooled`: conv encoders then skip their token projection
   # (its parameters would be created and never used) and return tokens=None, mask=None.
   with_tokens: bool = True
+  # False when nothing reads `pooled` (attention fusions): conv encoders then stop at the token
+  # stage and skip their pooled projection (later stages and pool_proj would never reach the
+  # loss) and return pooled=None.
+  with_pooled: bool = True
 
   @property
   def _kw(self) -> dict[str, Any]:
@@ -118,13 +122,15 @@ def _image_to_float(enc: _EncoderBase, images: jax.Array) -> jax.Array:
   return x.astype(enc.dtype)
 
 
-def _lenet_trunk(enc: _EncoderBase, x: jax.Array, train: bool) -> list[jax.Array]:
+def _lenet_trunk(enc: _EncoderBase, x: jax.Array, train: bool,
+                 num_stages: int | None = None) -> list[jax.Array]:
   """MultiBench LeNet(in, base_channels, extra_layers): conv5x5 then `extra_layers` conv3x3,
   channels doubling from `base_channels`, each followed by norm, ReLU and 2x2 max-pool.
-  Convs carry no bias when a norm follows (as MultiBench). Returns every stage's output."""
+  Convs carry no bias when a norm follows (as MultiBench). Returns the output of each of the
+  first `num_stages` stages (default all)."""
   _check_choice(enc, 'norm')
   stages = []
-  for i in range(enc.extra_layers + 1):
+  for i in range(enc.extra_layers + 1 if num_stages is None else num_stages):
     h, w = x.shape[1:3]
     if h < 2 or w < 2:
       raise ValueError(f'{type(enc).__name__}: extra_layers={enc.extra_layers} pools the input '
@@ -139,12 +145,13 @@ def _lenet_trunk(enc: _EncoderBase, x: jax.Array, train: bool) -> list[jax.Array
 
 def _lenet_encoded(enc: _EncoderBase, x: jax.Array, train: bool) -> Encoded:
   """LeNet trunk; pooled from the final map (as MultiBench), tokens from `token_stage`."""
-  stages = _lenet_trunk(enc, x, train)
-  if not -len(stages) <= enc.token_stage < len(stages):
+  n = enc.extra_layers + 1
+  if not -n <= enc.token_stage < n:
     raise ValueError(f'{type(enc).__name__}.token_stage={enc.token_stage} is out of range for '
-                     f'{len(stages)} conv stages (extra_layers={enc.extra_layers}); valid: '
-                     f'{-len(stages)}..{len(stages) - 1}')
-  return _map_to_encoded(enc, stages[-1], stages[enc.token_stage])
+                     f'{n} conv stages (extra_layers={enc.extra_layers}); valid: {-n}..{n - 1}')
+  token_stage = enc.token_stage % n
+  stages = _lenet_trunk(enc, x, train, None if enc.with_pooled else token_stage + 1)
+  return _map_to_encoded(enc, stages[-1], stages[token_stage])
 
 
 def _map_to_encoded(enc: _EncoderBase, fmap: jax.Array, token_map: jax.Array) -> Encoded:
@@ -152,6 +159,16 @@ def _map_to_encoded(enc: _EncoderBase, fmap: jax.Array, token_map: jax.Array) ->
   (`fmap` globally averaged or flattened, then projected to D)."""
   _check_choice(enc, 'pool')
   default_pool = next(f.default for f in dataclasses.fields(enc) if f.name == 'pool')
+  if not (enc.with_tokens or enc.with_pooled):
+    raise ValueError(f'{type(enc).__name__}: with_tokens and with_pooled are both False')
+  if not enc.with_pooled:
+    if enc.pool != default_pool:
+      raise ValueError(f'{type(enc).__name__}: pool={enc.pool!r} has no effect with an '
+                       f'attention fusion (it reads tokens, not the pooled vector); leave pool '
+                       f'at {default_pool!r}')
+    b, h, w, c = token_map.shape
+    tokens = nn.Dense(enc.dim, name='token_proj', **enc._kw)(token_map.reshape(b, h * w, c))
+    return Encoded(tokens=tokens, mask=jnp.ones((b, h * w), bool), pooled=None)
   if fmap.shape[1:3] == (1, 1) and enc.pool != default_pool:
     raise ValueError(f'{type(enc).__name__}: pool={enc.pool!r} has no effect on a 1x1 final '
                      f'map (avg and flatten agree); leave pool at {default_pool!r}, or use a '
@@ -464,7 +481,8 @@ def encoder_config(modality: str, type: str,  # pylint: disable=redefined-builti
 
 def build_encoder(modality: str, cfg: Mapping[str, Any] | ml_collections.ConfigDict, dim: int,
                   *, dtype: Any = jnp.float32, axis_name: str | None = None,
-                  with_tokens: bool = True, name: str | None = None) -> _EncoderBase:
+                  with_tokens: bool = True, with_pooled: bool = True,
+                  name: str | None = None) -> _EncoderBase:
   """Instantiates the encoder `cfg.type` for `modality` with output width `dim`.
 
   Fields missing from `cfg` take their defaults; unknown fields, types and choices raise
@@ -491,5 +509,5 @@ def build_encoder(modality: str, cfg: Mapping[str, Any] | ml_collections.ConfigD
     features.update(values['features'])
     values['features'] = ml_collections.FrozenConfigDict(features)  # hashable module field
   values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-  return cls(dim=dim, dtype=dtype, axis_name=axis_name, with_tokens=with_tokens, name=name,
-             **values)
+  return cls(dim=dim, dtype=dtype, axis_name=axis_name, with_tokens=with_tokens,
+             with_pooled=with_pooled, name=name, **values)

@@ -110,7 +110,7 @@ class _FusionBase(nn.Module):
       raise ValueError(f'fusion: encoded has no {missing}; got {sorted(encoded)}, '
                        f'modalities={self.modalities}')
     encs = [encoded[m] for m in self.modalities]
-    b = encs[0].pooled.shape[0]
+    b = (encs[0].pooled if encs[0].pooled is not None else encs[0].tokens).shape[0]
     if present is None:
       present = jnp.ones((b, len(encs)), bool)
     if present.shape != (b, len(encs)):

@@ -25,7 +25,9 @@ OPTIONAL_KEYS = ('head', 'dropout')
 
 class CrossModalModel(nn.Module):
   """Encoders -> fusion (which owns the classifier head). Parameters stay float32; `dtype`
-  is the compute dtype; logits and embeddings are returned in float32.
+  is the compute dtype; logits and embeddings are returned in float32. `embeddings` holds each
+  modality's pooled vector; under an attention fusion conv encoders compute none (they stop at
+  their token stage), so their modality is absent there.
 
   encoders: {modality: encoder config} (encoders.encoder_config); fusion: a fusion config
   (fusion.fusion_config); head: hidden widths of the fusion's MLP head; dropout: the head's
@@ -63,7 +65,7 @@ class CrossModalModel(nn.Module):
     for m in self.modalities:
       encoder = encoders_lib.build_encoder(m, self.encoders[m], self.dim, dtype=self.dtype,
                                            axis_name=self.axis_name, with_tokens=with_tokens,
-                                           name=f'{m}_encoder')
+                                           with_pooled=not with_tokens, name=f'{m}_encoder')
       encoded[m] = encoder(batch[m], train=train)
     fusion = fusion_lib.build_fusion(self.fusion, modalities=self.modalities,
                                      num_classes=self.num_classes, head_hidden=self.head,
@@ -72,7 +74,9 @@ class CrossModalModel(nn.Module):
 
     out = {
         'logits': fused['logits'].astype(jnp.float32),
-        'embeddings': {m: e.pooled.astype(jnp.float32) for m, e in encoded.items()},
+        # Per-modality pooled vectors; conv encoders under attention fusions compute none.
+        'embeddings': {m: e.pooled.astype(jnp.float32) for m, e in encoded.items()
+                       if e.pooled is not None},
     }
     if return_attention:
       out['attention'] = fused.get('attention', {})
