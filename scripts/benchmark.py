@@ -18,7 +18,6 @@ import datetime
 import importlib.util
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -309,12 +308,19 @@ def section_startup() -> list[str]:
                f'--workdir={workdir}', '--mode=train', '--config.train.eval_every=0',
                '--config.train.checkpoint_every=0', '--config.train.eval_splits=("validation",)',
                '--config.train.max_eval_batches=1']
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
-    seconds = time.perf_counter() - start
-  if result.returncode:
-    return [f'Start-up: the run failed ({result.stderr.strip().splitlines()[-1:]}); not measured.']
-  rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    with tempfile.TemporaryFile('w+') as stderr:
+      start = time.perf_counter()
+      child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO)
+      # wait4 gives this child's own peak RSS; RUSAGE_CHILDREN would report the largest of
+      # every child this process has waited for.
+      _, status, usage = os.wait4(child.pid, 0)
+      seconds = time.perf_counter() - start
+      child.returncode = os.waitstatus_to_exitcode(status)
+      stderr.seek(0)
+      errors = stderr.read()
+  if child.returncode:
+    return [f'Start-up: the run failed ({errors.strip().splitlines()[-1:]}); not measured.']
+  rss_mib = usage.ru_maxrss / 1024
   return ['| measure | value |', '|---|---|',
           f'| launch to end of a 1-step run (data prepared; compile, one eval batch, one '
           f'checkpoint included) | {seconds:.1f} s |',

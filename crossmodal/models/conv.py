@@ -1,10 +1,11 @@
 """Convolution and 2x2 max-pooling for the conv encoders, with fast paths for XLA's CPU backend.
 
-XLA's CPU convolutions are slow in two cases the AV-MNIST LeNets hit (docs/performance.md):
-a single input channel (the image and spectrogram stems: the forward pass is ~3x slower than a
-sum of k*k shifted multiply-adds) and a map smaller than the kernel (the audio LeNet's last 3x2
-map under a 3x3 kernel: forward and input gradient ~15x slower than shifted matmuls). And the
-gradient of `nn.max_pool` (select_and_scatter) is ~6x slower than a masked copy.
+XLA's CPU convolutions are slow in two cases the AV-MNIST LeNets hit: a single input channel
+(the image and spectrogram stems), where a sum of k*k shifted multiply-adds is a faster forward
+pass, and a map smaller than the kernel (the audio LeNet's last 3x2 map under a 3x3 kernel),
+where shifted matmuls are faster both ways. And the gradient of `nn.max_pool`
+(select_and_scatter) is much slower than a masked copy. `python scripts/benchmark.py
+--sections=layers` measures each LeNet stage both ways (docs/performance.md).
 
 `conv_general_dilated` is a drop-in for `lax.conv_general_dilated` (pass it to `nn.Conv`, so
 parameters and checkpoints are unchanged) that takes the shifted form in those two cases on CPU
