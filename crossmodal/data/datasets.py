@@ -99,8 +99,8 @@ class MemoryCache:
   Decoding an AV-MNIST record (array_record read, TFDS deserialisation, zlib) takes CPU that
   on a small host competes with the training step for the same cores (the benchmark's pipeline
   section measures both; docs/performance.md); after the first epoch a cached source costs
-  nothing but memory (AV-MNIST train: 55,000 x 16.8 kB, about 0.9 GB). Concurrent readers may decode an example twice; both
-  copies are equal, so that race is harmless.
+  nothing but memory (AV-MNIST train: 55,000 x 16.8 kB, about 0.9 GB). Concurrent readers may
+  decode an example twice; both copies are equal, so that race is harmless.
   """
 
   def __init__(self, source):
