@@ -101,7 +101,8 @@ def test_data_cache_is_a_bool_and_not_combined_with_workers():
   config.data.worker_count = 0
   with config.data.ignore_type():
     config.data.cache = 'yes'
-  with pytest.raises(config_utils.ConfigError, match='config.data.cache=.yes.: must be True or False'):
+  with pytest.raises(config_utils.ConfigError,
+                     match='config.data.cache=.yes.: must be True or False'):
     config_utils.validate(config)
 
 
