@@ -29,7 +29,6 @@ import argparse
 import concurrent.futures
 import csv
 import dataclasses
-import importlib.util
 import io
 import json
 import os
@@ -44,6 +43,7 @@ from typing import Any
 
 from etils import epath
 
+from crossmodal import config_utils
 from crossmodal import files
 
 STATUS = 'sweep_status.json'
@@ -84,9 +84,7 @@ def load_sweep(path: str) -> list[Variant]:
   """`get_sweep()` of a sweep file, checked: Variants with distinct names."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'sweep file {path} does not exist')
-  spec = importlib.util.spec_from_file_location('_crossmodal_sweep', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_utils.load_module(path, '_crossmodal_sweep')
   if not hasattr(module, 'get_sweep'):
     raise ValueError(f'sweep file {path} must define get_sweep() -> list[Variant]')
   variants = list(module.get_sweep())

@@ -10,6 +10,8 @@ import importlib.util
 import json
 import math
 import os
+import sys
+import types
 from typing import Any, Iterable
 
 from etils import epath
@@ -233,12 +235,22 @@ def _check_optimizer_fields_apply(e: _Errors) -> None:
     e.messages.append("config.optim.end_lr_ratio applies to schedule='cosine' only")
 
 
+def load_module(path: str, name: str, register: bool = False) -> types.ModuleType:
+  """Runs the Python file `path` as a module named `name` (config, sweep and script files,
+  which are not importable packages). `register` puts it in sys.modules first, which
+  dataclasses defined in the file need."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  if register:
+    sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """get_config(arg) of a config file given as `path[:arg]`, as --config loads it."""
   path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('_crossmodal_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_module(path, '_crossmodal_config')
   return module.get_config(arg) if arg else module.get_config()
 
 

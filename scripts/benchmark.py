@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import os
 import platform
 import subprocess
@@ -141,11 +140,8 @@ def _torch_reference():
     import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     return None
-  spec = importlib.util.spec_from_file_location(
-      'torch_reference', os.path.join(REPO, 'scripts', 'torch_reference.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_utils.load_module(os.path.join(REPO, 'scripts', 'torch_reference.py'),
+                                  'torch_reference')
 
 
 def _cpu_threads() -> int:

@@ -1,23 +1,20 @@
 """The benchmark script's quick path on tiny sizes: it runs and reports numbers (no timing
 assertions: speed is measured by the script itself, never asserted in tests)."""
-import importlib.util
 import os
 import re
-import sys
 
 import pytest
+
+from crossmodal import config_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def benchmark():
-  spec = importlib.util.spec_from_file_location('benchmark', os.path.join(REPO, 'scripts',
-                                                                          'benchmark.py'))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules['benchmark'] = module  # its dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
+  # registered: its dataclasses look their module up in sys.modules
+  return config_utils.load_module(os.path.join(REPO, 'scripts', 'benchmark.py'), 'benchmark',
+                                  register=True)
 
 
 def _rows(text, title):

@@ -5,7 +5,6 @@ runs on a real prefix subset of each split, built by the real TFDS builder from 
 into a temporary data_dir (`builder_config='<variant>_n64'`).
 """
 import glob
-import importlib.util
 import os
 
 import jax
@@ -25,10 +24,7 @@ SUBSET = 64
 
 
 def load(path):
-  spec = importlib.util.spec_from_file_location(f'experiment_{os.path.basename(path)[:-3]}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_utils.load_module(path, f'experiment_{os.path.basename(path)[:-3]}')
 
 
 def shorten(config, tfds_dir):

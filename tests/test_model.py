@@ -1,5 +1,4 @@
 """The full model: encoders x fusions, present-mask plumbing, embeddings, precision, counts."""
-import importlib.util
 import itertools
 import pathlib
 
@@ -8,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from crossmodal import config_utils
 from crossmodal.models import encoders as E
 from crossmodal.models import fusion as F
 from crossmodal.models import model as M
@@ -255,9 +255,7 @@ def test_count_params_counts_every_trainable_parameter():
 
 def test_param_count_script_prints_a_table():
   path = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'param_count.py'
-  spec = importlib.util.spec_from_file_location('param_count', path)
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = config_utils.load_module(str(path), 'param_count')
   rows = script.param_table(modalities=('image', 'audio'), dim=DIM, num_classes=C,
                             fusions=('concat', 'late'))
   assert len(rows) == 2 * len(E.ENCODERS['image']) * len(E.ENCODERS['audio'])

@@ -5,7 +5,6 @@ the same parameters. Each process feeds only its own rows of every global batch.
 Both processes run the real entry point, `python -m crossmodal.main --num_processes=2 ...`,
 under a hard timeout that SIGKILLs them (a hung collective ignores SIGTERM).
 """
-import importlib.util
 import os
 import signal
 import socket
@@ -17,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from crossmodal import config_utils
 from crossmodal import files
 from crossmodal import train
 
@@ -27,10 +27,7 @@ TIMEOUT = 300
 
 
 def _config():
-  spec = importlib.util.spec_from_file_location('synthetic_experiment', SYNTHETIC)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(f'size=tiny,steps={NUM_STEPS}')
+  return config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,steps={NUM_STEPS}')
 
 
 def _free_port():

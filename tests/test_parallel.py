@@ -5,7 +5,6 @@ The 8-device part runs in a subprocess (XLA_FLAGS must be set before JAX starts)
 timeout. `train.sync_every_step='auto'` blocks on every step on CPU, which is what keeps 8 fake
 devices on 2 cores from deadlocking in XLA's CPU all-reduce (see parallel.py / NOTES.md).
 """
-import importlib.util
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from crossmodal import config_utils
 from crossmodal import parallel
 from crossmodal import train
 
@@ -24,16 +24,13 @@ SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
 NUM_STEPS = 6
 
 _EIGHT_DEVICE_SCRIPT = r'''
-import importlib.util, json, sys
+import json, sys
 import jax
-from crossmodal import train
+from crossmodal import config_utils, train
 assert jax.device_count() == 8, jax.devices()
-spec = importlib.util.spec_from_file_location('synthetic_experiment', sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
 
 def config(parallel_mode):
-  c = module.get_config('size=tiny,steps=%d')
+  c = config_utils.load_config_file(sys.argv[1] + ':size=tiny,steps=%d')
   c.train.parallel = parallel_mode
   return c
 
@@ -48,10 +45,7 @@ print('RESULT ' + json.dumps(out))
 
 
 def _config(mode='jit'):
-  spec = importlib.util.spec_from_file_location('synthetic_experiment', SYNTHETIC)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(f'size=tiny,steps={NUM_STEPS}')
+  c = config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,steps={NUM_STEPS}')
   c.train.parallel = mode
   return c
 

@@ -1,20 +1,17 @@
 """The TPU VM launcher's dry-run mode: the exact gcloud commands, nothing executed."""
-import importlib.util
 import os
 import shlex
 
 import pytest
+
+from crossmodal import config_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def tpu_vm():
-  spec = importlib.util.spec_from_file_location('tpu_vm', os.path.join(REPO, 'scripts',
-                                                                      'tpu_vm.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_utils.load_module(os.path.join(REPO, 'scripts', 'tpu_vm.py'), 'tpu_vm')
 
 
 def dry_run(tpu_vm, capsys, action, *argv):

@@ -7,7 +7,6 @@ workdir lock, NaN stop, bfloat16 compute with float32 state, and exact resume: a
 and SIGTERMed at arbitrary steps and restarted ends bitwise equal to an uninterrupted run.
 """
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -30,10 +29,7 @@ SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
 
 
 def tiny_config(arg='size=tiny'):
-  spec = importlib.util.spec_from_file_location('synthetic_experiment', SYNTHETIC)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_utils.load_config_file(f'{SYNTHETIC}:{arg}')
 
 
 def _leaves_with_paths(tree):
