@@ -27,6 +27,8 @@ DTYPES = ('float32', 'bfloat16')
 MODALITIES = ('image', 'audio', 'text')
 EVAL_SPLITS = ('validation', 'test')
 BEST_METRICS = ('accuracy', 'macro_f1', 'loss')
+OBJECTIVES = ('classification', 'aux_classification', 'contrastive', 'reconstruction')
+CONTRASTIVE_LOSSES = ('infonce', 'triplet')
 
 
 class ConfigError(ValueError):
@@ -202,6 +204,8 @@ def validate(config: Any, device_count: int | None = None,
           'must be in [0, 1) (probability of hiding each modality of a training example)')
   e.check('train.max_eval_batches', lambda v: _int(v) and v >= 0,
           'must be an int >= 0 (0 = the whole split)')
+  if isinstance(config, (dict, ml_collections.ConfigDict)) and 'objectives' in config:
+    _check_objectives(e)
   accum = e.get('optim.accum_steps')
   steps = e.get('train.num_steps')
   if _int(accum) and _int(steps) and accum >= 1 and steps % accum:
@@ -210,6 +214,33 @@ def validate(config: Any, device_count: int | None = None,
   if e.messages:
     messages = list(dict.fromkeys(e.messages))
     raise ConfigError('invalid config:\n  ' + '\n  '.join(messages))
+
+
+def _check_objectives(e: _Errors) -> None:
+  objectives = e.get('objectives')
+  unknown = sorted(set(objectives) - set(OBJECTIVES))
+  if unknown:
+    e.messages.append(f'config.objectives: unknown objective(s) {unknown}; valid: {OBJECTIVES}')
+  for name in OBJECTIVES:
+    e.check(f'objectives.{name}.weight', lambda v: _number(v) and v >= 0, 'must be >= 0')
+  weights = [e.get(f'objectives.{name}.weight') for name in OBJECTIVES]
+  if all(_number(w) for w in weights) and not any(w > 0 for w in weights):
+    e.messages.append('config.objectives: every weight is 0, so nothing would be trained')
+  e.check('objectives.contrastive.loss', lambda v: v in CONTRASTIVE_LOSSES, 'unknown loss',
+          CONTRASTIVE_LOSSES)
+  e.check('objectives.contrastive.pair', lambda v: len(v) == 2 and len(set(v)) == 2
+          and set(v) <= set(MODALITIES), 'must be two different modalities', MODALITIES)
+  e.check('objectives.contrastive.temperature', lambda v: _number(v) and v > 0,
+          'must be a positive number')
+  e.check('objectives.contrastive.margin', lambda v: _number(v) and v >= 0, 'must be >= 0')
+  for key in ('learn_temperature', 'same_class_positives'):
+    e.check(f'objectives.contrastive.{key}', lambda v: isinstance(v, bool),
+            'must be True or False')
+  for key in ('source', 'target'):
+    e.check(f'objectives.reconstruction.{key}', lambda v: v in MODALITIES, 'unknown modality',
+            MODALITIES)
+  e.check('objectives.reconstruction.hidden',
+          lambda v: all(_int(w) and w > 0 for w in v), 'must be a tuple of positive ints')
 
 
 # Which optimizer fields each optimizer reads; a field another optimizer reads must keep its
@@ -303,6 +334,31 @@ def optim_config(**overrides: Any) -> ml_collections.ConfigDict:
       b1=0.9, b2=0.999, eps=1e-8,  # adamw (eps also rmsprop)
       rms_decay=0.9))
   c.update(overrides)
+  return c
+
+
+def objectives_config(**weights: float) -> ml_collections.ConfigDict:
+  """config.objectives defaults (classification only); see crossmodal/objectives.py.
+
+  weights: e.g. objectives_config(classification=0.0, contrastive=1.0).
+  """
+  c = ml_collections.ConfigDict(dict(
+      classification=dict(weight=1.0),  # the fusion's classifier
+      aux_classification=dict(weight=0.0),  # a linear head per modality on its pooled vector
+      contrastive=dict(
+          weight=0.0, pair=('audio', 'image'),
+          loss='infonce',  # or 'triplet' (margin loss on cosine similarity)
+          temperature=0.07,  # initial value when learned (CLIP)
+          learn_temperature=True,
+          margin=0.2,  # triplet only
+          same_class_positives=False),  # with labels: every same-class pair is a positive
+      reconstruction=dict(weight=0.0, source='audio', target='image', hidden=(512,)),
+  ))
+  unknown = sorted(set(weights) - set(OBJECTIVES))
+  if unknown:
+    raise ConfigError(f'objectives_config: unknown objective(s) {unknown}; valid: {OBJECTIVES}')
+  for name, w in weights.items():
+    c[name].weight = float(w)
   return c
 
 

@@ -17,15 +17,19 @@ def is_local(path: str | os.PathLike) -> bool:
   return '://' not in os.fspath(path)
 
 
-def write_file(path: str | os.PathLike, text: str) -> None:
-  """Replaces the file at `path` (local: atomically via rename; gs:// etc.: one upload)."""
+def write_file(path: str | os.PathLike, data: str | bytes) -> None:
+  """Replaces the file at `path` with text or bytes, creating its directory (local:
+  atomically via rename; gs:// etc.: one upload)."""
   path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write = ((lambda p: p.write_bytes(data)) if isinstance(data, bytes)
+           else (lambda p: p.write_text(data, encoding='utf-8')))
   if is_local(path):
     tmp = path.parent / (path.name + '.tmp')
-    tmp.write_text(text, encoding='utf-8')
+    write(tmp)
     os.replace(tmp, path)
   else:
-    path.write_text(text)
+    write(path)
 
 
 def append_line(path: str | os.PathLike, line: str, all_lines: list[str]) -> None:

@@ -15,6 +15,7 @@ killed at any step and restarted ends with bitwise the same parameters as one th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from crossmodal import checkpointing
 from crossmodal import config_utils
 from crossmodal import files
 from crossmodal import metrics as metrics_lib
+from crossmodal import objectives as objectives_lib
 from crossmodal import optim
 from crossmodal import parallel
 
@@ -78,7 +80,7 @@ def build_model(config: Any, num_classes: int, axis_name: str | None):
   """The model for `config.model`, computing in `config.train.dtype` (params stay float32)."""
   from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
   return model_lib.build_model(config.model, num_classes, axis_name=axis_name,
-                               dtype=compute_dtype(config))
+                               dtype=compute_dtype(config), objectives=config.get('objectives'))
 
 
 def check_buildable(config: Any) -> None:
@@ -95,6 +97,8 @@ def check_buildable(config: Any) -> None:
     raise ValueError(f'config.model.modalities={list(config.model.modalities)}: dataset '
                      f'{config.data.name!r} has no {missing}; it has {list(available)}')
   build_model(config, num_classes=2, axis_name=None)
+  from crossmodal import evaluators  # pylint: disable=g-import-not-at-top
+  evaluators.check_config(config.get('evaluators'), config.model.modalities)
 
 
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
@@ -120,11 +124,6 @@ def make_init_fn(model, tx: optax.GradientTransformation,
   return init
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example softmax cross-entropy, computed in float32 whatever the compute dtype."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-
-
 def modality_dropout_mask(rng: jax.Array, batch_size: int, num_modalities: int,
                           rate: float) -> jax.Array:
   """bool [B, M]: each modality hidden with probability `rate`, independently per example;
@@ -137,10 +136,12 @@ def modality_dropout_mask(rng: jax.Array, batch_size: int, num_modalities: int,
 
 
 def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | None,
-                    modality_dropout: float = 0.0):
+                    modality_dropout: float = 0.0, objectives: Any = None):
   """(state, batch) -> (state, metrics). Under pmap (`axis_name` set) gradients, metrics and
   BatchNorm statistics are averaged over devices; under jit XLA reduces the global batch.
 
+  objectives: `config.objectives` (None: classification only); the loss is their weighted
+  sum, and each one's loss is logged as `loss_<objective>`.
   modality_dropout: probability of hiding each modality of each training example from the
   fusion (through the model's `present` mask), so the model learns to cope without it.
   """
@@ -157,49 +158,64 @@ def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | No
     def loss_fn(params):
       out, updates = model.apply(_variables(params, state.batch_stats), batch, present=present,
                                  train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
-      logits = out['logits']
-      loss = cross_entropy(logits, batch['label']).mean()
-      accuracy = (jnp.argmax(logits, -1) == batch['label']).mean()
-      return loss, (updates.get('batch_stats', {}), accuracy)
+      means = {name: value / count for name, (value, count) in
+               objectives_lib.compute(objectives, out, batch, axis_name=axis_name).items()}
+      aux = ({f'loss_{name}': value for name, value in means.items()}
+             if len(means) > 1 or 'classification' not in means else {})
+      aux['accuracy'] = (jnp.argmax(out['logits'], -1) == batch['label']).mean()
+      if 'logit_scale' in out:
+        aux['temperature'] = 1.0 / out['logit_scale']
+      return objectives_lib.total(objectives, means), (updates.get('batch_stats', {}), aux)
 
-    (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = parallel.pmean_if(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
-    metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.tree.norm(grads)}
+    metrics = {'loss': loss, **aux, 'grad_norm': optax.tree.norm(grads)}
     return new_state, parallel.pmean_if(metrics, axis_name)
 
   return train_step
 
 
-def empty_eval_accumulator(num_classes: int) -> dict[str, np.ndarray]:
+def empty_eval_accumulator(num_classes: int, objectives: Any = None) -> dict[str, Any]:
   return {'confusion': np.zeros((num_classes, num_classes), np.int32),
-          'loss_sum': np.zeros((), np.float32), 'count': np.zeros((), np.float32)}
+          'losses': {name: np.zeros((2,), np.float32)
+                     for name in objectives_lib.active(objectives)}}
 
 
-def make_eval_step(model, num_classes: int, axis_name: str | None):
-  """(state, batch, acc) -> acc: adds the batch's confusion matrix and loss sum, skipping
-  padding examples (`batch['mask'] == 0`, added by the eval pipeline to the last batch)."""
+def make_eval_step(model, num_classes: int, axis_name: str | None, objectives: Any = None):
+  """(state, batch, acc) -> acc: adds the batch's confusion matrix and each objective's loss
+  sum and count, skipping padding examples (`batch['mask'] == 0`, added by the eval pipeline
+  to the last batch)."""
 
-  def eval_step(state: TrainState, batch: dict[str, jax.Array], acc: dict[str, jax.Array]):
+  def eval_step(state: TrainState, batch: dict[str, jax.Array], acc: dict[str, Any]):
     out = model.apply(_variables(state.params, state.batch_stats), batch, train=False)
-    logits = out['logits']
     labels = batch['label']
     mask = batch['mask'] if 'mask' in batch else jnp.ones(labels.shape, jnp.bool_)
-    weights = mask.astype(jnp.float32)
+    losses = objectives_lib.compute(objectives, out, batch, mask=mask, axis_name=axis_name)
     update = {
-        'confusion': metrics_lib.confusion_matrix(labels, jnp.argmax(logits, -1), num_classes,
-                                                  mask),
-        'loss_sum': (cross_entropy(logits, labels) * weights).sum(),
-        'count': weights.sum(),
+        'confusion': metrics_lib.confusion_matrix(labels, jnp.argmax(out['logits'], -1),
+                                                  num_classes, mask),
+        'losses': {name: jnp.stack(pair) for name, pair in losses.items()},
     }
     update = parallel.psum_if(update, axis_name)
     return jax.tree.map(jnp.add, acc, update)
 
   return eval_step
+
+
+def summarize_eval(acc: dict[str, Any], objectives: Any = None) -> dict[str, Any]:
+  """Classification metrics from the confusion matrix; `loss` = the weighted objective (the
+  classification cross-entropy by default), and `loss_<objective>` for each objective."""
+  summary = metrics_lib.summarize_confusion(acc['confusion'])
+  means = {name: float(value / max(float(count), 1.0))
+           for name, (value, count) in acc['losses'].items()}
+  summary['loss'] = float(objectives_lib.total(objectives, means))
+  if len(means) > 1 or 'classification' not in means:
+    summary.update({f'loss_{name}': value for name, value in means.items()})
+  return summary
 
 
 # ----------------------------------------------------------------------------- data
@@ -249,8 +265,22 @@ class _Run:
     self.model = build_model(config, self.num_classes, self.strategy.axis_name)
     self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
     self.sync = parallel.resolve_sync_every_step(config.train.sync_every_step)
+    self.objectives = config.get('objectives')
     self._eval_step = self.strategy.eval_step(
-        make_eval_step(self.model, self.num_classes, self.strategy.axis_name))
+        make_eval_step(self.model, self.num_classes, self.strategy.axis_name, self.objectives))
+
+  @functools.cached_property
+  def eval_strategy(self) -> parallel.JitParallel:
+    """Evaluators run jitted over the mesh, on the checkpoint's replicated global arrays."""
+    mesh = getattr(self.strategy, 'mesh', None)
+    return self.strategy if self.strategy.name == 'jit' else parallel.JitParallel(mesh)
+
+  @functools.cached_property
+  def evaluator_forward(self) -> Callable:
+    from crossmodal import evaluators  # pylint: disable=g-import-not-at-top
+    model = build_model(self.config, self.num_classes, axis_name=None)
+    variables = lambda state: _variables(state.params, state.batch_stats)
+    return evaluators.make_forward(model, variables, self.eval_strategy)
 
   def source(self, split: str) -> Any:
     if split not in self._sources:
@@ -282,7 +312,8 @@ class _Run:
 
   def evaluate(self, device_state: Any, split: str) -> dict[str, Any]:
     """Loss, accuracy, macro-F1, per-class P/R/F1 and the confusion matrix on `split`."""
-    acc = self.strategy.put_accumulator(empty_eval_accumulator(self.num_classes))
+    acc = self.strategy.put_accumulator(empty_eval_accumulator(self.num_classes,
+                                                               self.objectives))
     limit = self.config.train.max_eval_batches
     pipeline = self.batches(split)
     try:
@@ -294,10 +325,7 @@ class _Run:
           jax.block_until_ready(acc)
     finally:
       pipeline.close()
-    acc = self.strategy.fetch(acc)
-    summary = metrics_lib.summarize_confusion(acc['confusion'])
-    summary['loss'] = float(acc['loss_sum'] / max(float(acc['count']), 1.0))
-    return summary
+    return summarize_eval(self.strategy.fetch(acc), self.objectives)
 
 
 def _best_metric(config: Any) -> tuple[str, str]:
@@ -382,7 +410,7 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
   del state
 
   train_step = strategy.train_step(make_train_step(run.model, run.tx, strategy.axis_name,
-                                                   tc.modality_dropout))
+                                                   tc.modality_dropout, run.objectives))
   batches = run.batches('train', position)
   throughput = metrics_lib.Throughput(config.data.global_batch_size, start_step)
   pending: list[Any] = []  # per-step device metrics not yet fetched
@@ -475,20 +503,24 @@ def restore_state(config: Any, workdir: str, checkpoint: str | int = 'latest'):
 
 
 def evaluate(config: Any, workdir: str, checkpoint: str | int = 'latest') -> dict[str, Any]:
-  """Evaluates a checkpoint of `workdir` on every split in `train.eval_splits`.
+  """Evaluates a checkpoint of `workdir` on every split in `train.eval_splits`, then runs
+  the evaluators of `config.evaluators` (crossmodal/evaluators.py) on it.
 
-  Writes the results to metrics.jsonl/TensorBoard as splits 'eval_<split>' and returns
-  {split: summary}.
+  Writes the results to metrics.jsonl/TensorBoard as splits 'eval_<split>' / 'eval_<evaluator>'
+  and returns {split or evaluator: summary}.
   """
   config_utils.validate(config, jax.device_count(), jax.process_count())
   run, state, meta = restore_state(config, workdir, checkpoint)
   device_state = run.strategy.put_state(state)
   step = int(meta['step'])
   results = {split: run.evaluate(device_state, split) for split in config.train.eval_splits}
+  del device_state
+  from crossmodal import evaluators  # pylint: disable=g-import-not-at-top
+  results.update(evaluators.run_all(run, state, config.get('evaluators'), workdir))
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   try:
-    for split, m in results.items():
-      writer.write(step, f'eval_{split}', m)
+    for name, m in results.items():
+      writer.write(step, f'eval_{name}', m)
   finally:
     writer.close()
   return results

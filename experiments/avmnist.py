@@ -12,6 +12,8 @@ Presets (after ':', comma-separated), e.g. --config=experiments/avmnist.py:fusio
   snr=<dB>|clean       white noise added to the audio at this SNR (default SNR_DB below)
   subset=<n>           use only the first n examples of each split (0 = all; for quick checks)
   steps=<n>            training steps (default 2000, about 2.3 epochs of batch 64)
+  evals=<a>+<b>        evaluators run on the best checkpoint after training and by --mode=eval
+                       (crossmodal/evaluators.py): robustness, retrieval, attention
 Any field can still be overridden, e.g. --config.optim.lr=3e-4 --config.data.data_dir=/data/tfds.
 
 The default recipe is `pca_snr-10`: PCA images (25% of the variance kept) and spoken digits with
@@ -24,6 +26,7 @@ Expected results (test accuracy at the best validation checkpoint, seed 0, 2000 
 import ml_collections
 
 from crossmodal import config_utils
+from crossmodal import evaluators as evaluators_lib
 from crossmodal.models import encoders as encoders_lib
 from crossmodal.models import fusion as fusion_lib
 from crossmodal.models import model as model_lib
@@ -38,13 +41,16 @@ LENET_TOKEN_STAGES = {'image': 2, 'audio': 3}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_utils.parse_arg(arg, fusion='concat', modalities=('image', 'audio'), image='lenet',
-                             audio='lenet', variant='pca', snr=SNR_DB, subset=0, steps=2000)
+                             audio='lenet', variant='pca', snr=SNR_DB, subset=0, steps=2000,
+                             evals=())
   _check('fusion', a.fusion, tuple(fusion_lib.FUSIONS))
   _check('image', a.image, tuple(encoders_lib.ENCODERS['image']))
   _check('audio', a.audio, tuple(encoders_lib.ENCODERS['audio']))
   _check('variant', a.variant, VARIANTS)
   for m in a.modalities:
     _check('modalities', m, ('image', 'audio'))
+  for name in a.evals:
+    _check('evals', name, tuple(evaluators_lib.EVALUATORS))
   if a.snr != 'clean':
     try:
       float(a.snr)
@@ -75,9 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       if m in a.modalities and getattr(a, m) == 'lenet':
         config.model.encoders[m].token_stage = stage
 
+  config.objectives = config_utils.objectives_config()  # classification only
   config.optim = config_utils.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)
   config.train = config_utils.train_config(
       num_steps=a.steps, log_every=50, eval_every=500, checkpoint_every=500)
+  config.evaluators = ml_collections.ConfigDict(
+      {name: evaluators_lib.evaluator_config(name) for name in a.evals})
   return config
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from crossmodal import objectives as objectives_lib
 from crossmodal.models import encoders as encoders_lib
 from crossmodal.models import fusion as fusion_lib
 
@@ -23,11 +24,30 @@ REQUIRED_KEYS = ('modalities', 'dim', 'encoders', 'fusion')
 OPTIONAL_KEYS = ('head', 'dropout')
 
 
+class Decoder(nn.Module):
+  """Pooled vector -> an image in [0, 1] (the reconstruction objective): a ReLU MLP."""
+  shape: tuple[int, ...]
+  hidden: tuple[int, ...] = (512,)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i, width in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f'hidden_{i}')(x))
+    x = nn.Dense(int(np.prod(self.shape)), dtype=self.dtype, name='pixels')(x)
+    return nn.sigmoid(x.astype(jnp.float32)).reshape((x.shape[0],) + self.shape)
+
+
 class CrossModalModel(nn.Module):
-  """Encoders -> fusion (which owns the classifier head). Parameters stay float32; `dtype`
-  is the compute dtype; logits and embeddings are returned in float32. `embeddings` holds each
-  modality's pooled vector; under an attention fusion conv encoders compute none (they stop at
-  their token stage), so their modality is absent there.
+  """Encoders -> fusion (which owns the classifier head), plus the heads that objectives other
+  than classification need. Parameters stay float32; `dtype` is the compute dtype; outputs are
+  float32.
+
+  Outputs: `logits`; `embeddings`: each modality's pooled vector (under an attention fusion
+  conv encoders compute none unless `pooled` asks for them: they stop at their token stage, so
+  their modality is absent); `aux_logits` {modality: [B, C]} with `aux_heads`; `logit_scale`
+  (the learned inverse temperature, clipped) with `logit_scale_init`; `reconstruction`
+  [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths).
 
   encoders: {modality: encoder config} (encoders.encoder_config); fusion: a fusion config
   (fusion.fusion_config); head: hidden widths of the fusion's MLP head; dropout: the head's
@@ -42,6 +62,10 @@ class CrossModalModel(nn.Module):
   dropout: float = 0.0
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  pooled: bool = False  # every encoder computes its pooled vector (embedding objectives)
+  aux_heads: bool = False
+  logit_scale_init: float | None = None
+  decoder: tuple[str, str, tuple[int, ...]] | None = None
 
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], present: jax.Array | None = None,
@@ -65,7 +89,8 @@ class CrossModalModel(nn.Module):
     for m in self.modalities:
       encoder = encoders_lib.build_encoder(m, self.encoders[m], self.dim, dtype=self.dtype,
                                            axis_name=self.axis_name, with_tokens=with_tokens,
-                                           with_pooled=not with_tokens, name=f'{m}_encoder')
+                                           with_pooled=self.pooled or not with_tokens,
+                                           name=f'{m}_encoder')
       encoded[m] = encoder(batch[m], train=train)
     fusion = fusion_lib.build_fusion(self.fusion, modalities=self.modalities,
                                      num_classes=self.num_classes, head_hidden=self.head,
@@ -80,6 +105,18 @@ class CrossModalModel(nn.Module):
     }
     if return_attention:
       out['attention'] = fused.get('attention', {})
+    if self.aux_heads:
+      out['aux_logits'] = {
+          m: nn.Dense(self.num_classes, dtype=self.dtype, name=f'{m}_aux_head')(
+              encoded[m].pooled).astype(jnp.float32) for m in self.modalities}
+    if self.logit_scale_init is not None:
+      log_scale = self.param('logit_scale', nn.initializers.constant(
+          np.log(self.logit_scale_init)), ())
+      out['logit_scale'] = jnp.minimum(jnp.exp(log_scale), objectives_lib.MAX_LOGIT_SCALE)
+    if self.decoder is not None:
+      source, target, hidden = self.decoder
+      out['reconstruction'] = Decoder(tuple(batch[target].shape[1:]), hidden, dtype=self.dtype,
+                                      name=f'{target}_decoder')(encoded[source].pooled)
     return out
 
 
@@ -89,10 +126,42 @@ def _as_mapping(cfg: Any) -> Mapping[str, Any]:
   return ml_collections.ConfigDict(dict(cfg))
 
 
+def objective_heads(objectives: Mapping[str, Any] | None,
+                    modalities: Sequence[str]) -> dict[str, Any]:
+  """The model fields `config.objectives` asks for (pooled, aux_heads, logit_scale_init,
+  decoder); ValueError if an objective names a modality the model does not have."""
+  active = objectives_lib.active(objectives)
+  fields: dict[str, Any] = {}
+  if 'aux_classification' in active:
+    fields.update(pooled=True, aux_heads=True)
+  if 'contrastive' in active:
+    c = objectives.contrastive
+    bad = [m for m in c.pair if m not in modalities]
+    if bad or len(set(c.pair)) != 2:
+      raise ValueError(f'config.objectives.contrastive.pair={tuple(c.pair)}: needs two '
+                       f'different modalities of config.model.modalities={list(modalities)}')
+    fields['pooled'] = True
+    if c.learn_temperature:
+      fields['logit_scale_init'] = 1.0 / float(c.temperature)
+  if 'reconstruction' in active:
+    r = objectives.reconstruction
+    if r.source not in modalities or r.target not in modalities or r.source == r.target:
+      raise ValueError(f'config.objectives.reconstruction: source={r.source!r}, target='
+                       f'{r.target!r} must be two different modalities of '
+                       f'config.model.modalities={list(modalities)}')
+    if r.target != 'image':
+      raise ValueError(f'config.objectives.reconstruction.target={r.target!r}: only images '
+                       'can be decoded (an MLP to pixels); audio and text decoders are not '
+                       'implemented')
+    fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden)))
+  return fields
+
+
 def build_model(model_config: ml_collections.ConfigDict | Mapping[str, Any], num_classes: int,
-                axis_name: str | None = None, dtype: Any = 'float32') -> CrossModalModel:
+                axis_name: str | None = None, dtype: Any = 'float32',
+                objectives: Mapping[str, Any] | None = None) -> CrossModalModel:
   """Builds the model from `config.model` (modalities, dim, encoders.<m>, fusion, and
-  optionally head, dropout).
+  optionally head, dropout), with the heads `config.objectives` needs (objective_heads).
 
   dtype: compute dtype name ('float32', 'bfloat16', 'float16'), usually config.train.dtype.
   axis_name: set when the model runs under pmap so BatchNorm syncs statistics over devices.
@@ -134,7 +203,8 @@ def build_model(model_config: ml_collections.ConfigDict | Mapping[str, Any], num
   return CrossModalModel(modalities=modalities, encoders=encoders, fusion=fusion,
                          num_classes=int(num_classes), dim=int(cfg.dim),
                          head=tuple(cfg.get('head', ())), dropout=float(cfg.get('dropout', 0.0)),
-                         axis_name=axis_name, dtype=dtype)
+                         axis_name=axis_name, dtype=dtype,
+                         **objective_heads(objectives, modalities))
 
 
 def default_model_config(modalities: Sequence[str] = ('image', 'audio'), fusion: str = 'concat',
@@ -167,7 +237,8 @@ def count_params(variables: Mapping[str, Any]) -> int:
 
   Works on arrays or on jax.eval_shape outputs (ShapeDtypeStruct), so counting needs no init.
   """
-  tree = variables['params'] if 'params' in variables else variables
+  tree = (variables['params'] if isinstance(variables, Mapping) and 'params' in variables
+          else variables)
   return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
 
 

@@ -1,0 +1,355 @@
+"""Evaluators run on a trained checkpoint (`--mode=eval`, and at the end of train_and_eval),
+in the style of big_vision's evaluators: `config.evaluators` maps a name from `EVALUATORS` to
+its options, each writes one record (split `eval_<name>`) to metrics.jsonl / TensorBoard, and
+pictures go to `<workdir>/eval/`.
+
+  retrieval       cosine similarity between two modalities' pooled vectors over a whole
+                  split, ranked in blocks (memory stays [block, N]): recall@1/5/10 and median
+                  rank in both directions, a hit counted by instance (the paired example)
+                  and by class (any example of the query's class)
+  robustness      accuracy with each modality missing (the model's `present` mask), and as
+                  noise grows on each modality (NOISES, levels in [0, 1]), with the relative
+                  robustness of each curve (area under accuracy vs level, MultiBench);
+                  effective robustness compares runs: scripts/robustness_report.py
+  reconstruction  a PNG grid of images decoded from the source modality, one row per class,
+                  and how often a decoded image is nearest to its own class's mean image
+  attention       PNG maps of an attention fusion's attention weights for a few examples
+
+Classification on `train.eval_splits` always runs (train.evaluate); these come after it.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from crossmodal import files
+from crossmodal.data import noise as noise_lib
+
+EVAL_DIR = 'eval'
+LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def evaluator_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """Default options of evaluator `name`."""
+  defaults = {
+      'retrieval': dict(split='test', pair=('audio', 'image'), ks=(1, 5, 10), block=1024),
+      'robustness': dict(split='test', levels=LEVELS, max_examples=0, seed=0,
+                         noises=ml_collections.ConfigDict(
+                             {m: tuple(kinds) for m, kinds in noise_lib.NOISES.items()})),
+      'reconstruction': dict(split='test', per_class=8),
+      'attention': dict(split='test', num_examples=4),
+  }
+  if name not in defaults:
+    raise ValueError(f'unknown evaluator {name!r}; valid choices: {sorted(defaults)}')
+  c = ml_collections.ConfigDict(defaults[name])
+  c.update(overrides)
+  return c
+
+
+# ----------------------------------------------------------------------------- forward passes
+
+
+def make_forward(model, variables_fn: Callable[[Any], Any], strategy):
+  """jit(state, batch, present) -> model outputs, replicated. `strategy` is a JitParallel on
+  the run's mesh whatever `train.parallel` is (checkpoints are replicated global arrays), and
+  `model` one built without a pmap axis."""
+
+  def forward(state, batch, present):
+    return model.apply(variables_fn(state), batch, present=present, train=False,
+                       return_attention=True)
+  return jax.jit(forward, in_shardings=(strategy.replicated, strategy.batch_sharding,
+                                        strategy.batch_sharding),
+                 out_shardings=strategy.replicated)
+
+
+def outputs_over_split(run, state, split: str, select: Callable[[dict], dict[str, Any]],
+                       transform: Callable[[dict, int], dict] | None = None,
+                       present_fn: Callable[[int], np.ndarray] | None = None,
+                       max_examples: int = 0) -> dict[str, np.ndarray]:
+  """`select(outputs)` of every real example of `split`, concatenated on the host, with the
+  batch's `label` and the dataset order kept. transform(batch, batch_index) edits host
+  batches (noise); present_fn(batch_size) gives the modality mask."""
+  pipeline = run.batches(split)
+  collected: dict[str, list[np.ndarray]] = {}
+  seen = 0
+  try:
+    for i, batch in enumerate(pipeline):
+      if max_examples and seen >= max_examples:
+        break
+      mask = np.asarray(batch.pop('mask', np.ones(len(batch['label']), bool)), bool)
+      if transform is not None:
+        batch = transform(batch, i)
+      size = len(batch['label'])
+      present = (np.ones((size, len(run.model.modalities)), bool) if present_fn is None
+                 else present_fn(size))
+      strategy = run.eval_strategy
+      out = run.evaluator_forward(state, strategy.put_batch(batch),
+                                  strategy.put_batch({'p': present})['p'])
+      picked = select(out)
+      picked['label'] = batch['label']
+      for key, value in picked.items():
+        value = np.asarray(strategy.fetch(value) if key != 'label' else value)
+        collected.setdefault(key, []).append(value[mask])
+      seen += int(mask.sum())
+  finally:
+    pipeline.close()
+  result = {k: np.concatenate(v) for k, v in collected.items()}
+  if max_examples:
+    result = {k: v[:max_examples] for k, v in result.items()}
+  return result
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def retrieval_ranks(queries: np.ndarray, keys: np.ndarray, query_labels: np.ndarray,
+                    key_labels: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """1-based rank of each query's paired key (query i <-> key i) and of its best-ranked
+  same-class key, by cosine similarity; ties count against the query (a key scoring the same
+  as the hit, and not itself a hit, is ranked before it)."""
+  q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+  k = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+  instance = np.empty(len(q), np.int64)
+  by_class = np.empty(len(q), np.int64)
+  for start in range(0, len(q), block):
+    sim = q[start:start + block] @ k.T  # [b, N]
+    rows = np.arange(sim.shape[0])
+    own = sim[rows, start + rows]
+    # Rank of the paired key: keys scoring higher, plus other keys tied with it.
+    instance[start:start + block] = (sim >= own[:, None]).sum(1)
+    same = query_labels[start:start + block, None] == key_labels[None, :]
+    best_same = np.where(same, sim, -np.inf).max(1)[:, None]
+    by_class[start:start + block] = ((sim > best_same) | ((sim == best_same) & ~same)).sum(1) + 1
+  return instance, by_class
+
+
+def retrieval_summary(instance: np.ndarray, by_class: np.ndarray,
+                      ks: Sequence[int]) -> dict[str, float]:
+  out = {}
+  for name, ranks in (('instance', instance), ('class', by_class)):
+    for k in ks:
+      out[f'{name}/recall@{k}'] = float(np.mean(ranks <= k))
+    out[f'{name}/median_rank'] = float(np.median(ranks))
+  return out
+
+
+def retrieval(run, state, options, workdir: str) -> dict[str, Any]:
+  first, second = options.pair
+  missing = [m for m in (first, second) if m not in run.model.modalities]
+  if missing:
+    raise ValueError(f'evaluators.retrieval.pair={tuple(options.pair)}: the model has no '
+                     f'{missing} (modalities {list(run.model.modalities)})')
+
+  def select(out):
+    absent = [m for m in (first, second) if m not in out['embeddings']]
+    if absent:
+      raise ValueError(f'evaluators.retrieval: the model computes no pooled vector for '
+                       f'{absent} (conv encoders under an attention fusion stop at their token '
+                       'stage); train with an embedding objective, e.g. '
+                       '--config.objectives.contrastive.weight=1')
+    return {first: out['embeddings'][first], second: out['embeddings'][second]}
+
+  got = outputs_over_split(run, state, options.split, select)
+  labels = got['label']
+  summary: dict[str, Any] = {'num_examples': int(len(labels)),
+                             'chance/class_recall@1': float(np.mean(
+                                 np.bincount(labels) / len(labels)))}
+  for a, b in ((first, second), (second, first)):
+    instance, by_class = retrieval_ranks(got[a], got[b], labels, labels, options.block)
+    summary.update({f'{a}_to_{b}/{k}': v for k, v in
+                    retrieval_summary(instance, by_class, options.ks).items()})
+  return summary
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def relative_robustness(levels: Sequence[float], accuracies: Sequence[float]) -> float:
+  """Area under accuracy vs noise level (trapezoid), levels spanning [0, 1] (MultiBench's
+  relative robustness; 1.0 = perfect accuracy at every level)."""
+  levels, accuracies = np.asarray(levels, np.float64), np.asarray(accuracies, np.float64)
+  return float(np.sum(np.diff(levels) * (accuracies[1:] + accuracies[:-1]) / 2))
+
+
+def effective_robustness(accuracies: Sequence[float], reference: Sequence[float]) -> float:
+  """MultiBench's effective robustness: the summed gap over levels between a model's curve
+  and the reference's (late fusion) curve shifted to start at the model's clean accuracy."""
+  f, ref = np.asarray(accuracies, np.float64), np.asarray(reference, np.float64)
+  return float(np.sum(f - (ref + f[0] - ref[0])))
+
+
+def robustness(run, state, options, workdir: str) -> dict[str, Any]:
+  modalities = tuple(run.model.modalities)
+  levels = tuple(float(l) for l in options.levels)
+  select = lambda out: {'pred': jnp.argmax(out['logits'], -1)}
+
+  def accuracy(transform=None, present_fn=None):
+    got = outputs_over_split(run, state, options.split, select, transform, present_fn,
+                             options.max_examples)
+    return float(np.mean(got['pred'] == got['label'])), len(got['label'])
+
+  clean, count = accuracy()
+  summary: dict[str, Any] = {'num_examples': count, 'levels': list(levels),
+                             'clean/accuracy': clean}
+  if len(modalities) > 1:
+    for i, m in enumerate(modalities):
+      def hide(size, i=i):
+        present = np.ones((size, len(modalities)), bool)
+        present[:, i] = False
+        return present
+      summary[f'missing_{m}/accuracy'] = accuracy(present_fn=hide)[0]
+  for m in modalities:
+    kinds = tuple(options.noises.get(m, ())) if m in options.noises else ()
+    areas = []
+    for kind in kinds:
+      curve = [clean]
+      for level in levels[1:]:
+        corrupt = noise_lib.make_transform(m, kind, level, seed=options.seed)
+        curve.append(accuracy(transform=corrupt)[0])
+      summary[f'{m}_{kind}/accuracy'] = curve
+      summary[f'{m}_{kind}/relative_robustness'] = relative_robustness(levels, curve)
+      areas.append(summary[f'{m}_{kind}/relative_robustness'])
+    if areas:
+      summary[f'{m}/relative_robustness'] = float(np.mean(areas))
+  return summary
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(fig, workdir: str, name: str) -> str:
+  path = os.path.join(workdir, EVAL_DIR, name)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=120, bbox_inches='tight')
+  files.write_file(path, buffer.getvalue())
+  return path
+
+
+def reconstruction(run, state, options, workdir: str) -> dict[str, Any]:
+  decoder = run.model.decoder
+  if decoder is None:
+    raise ValueError('evaluators.reconstruction: the model has no decoder; set '
+                     'config.objectives.reconstruction.weight > 0 and train')
+  source, target, _ = decoder
+  got = outputs_over_split(run, state, options.split,
+                           lambda out: {'decoded': out['reconstruction']})
+  # The real targets of the same examples (same ordered pass), for the class means.
+  targets = _targets_over_split(run, options.split, target).astype(np.float32) / 255.0
+  labels = got['label']
+  classes = np.unique(labels)
+  means = np.stack([targets[labels == c].mean(0) for c in classes])
+  flat = got['decoded'].reshape(len(labels), -1)
+  distances = ((flat[:, None, :] - means.reshape(len(classes), -1)[None]) ** 2).sum(-1)
+  nearest = classes[np.argmin(distances, axis=1)]
+  plt = _pyplot()
+  k = int(options.per_class)
+  fig, axes = plt.subplots(len(classes), k + 1, figsize=(k + 1, len(classes)))
+  for row, c in enumerate(classes):
+    index = np.flatnonzero(labels == c)[:k]
+    axes[row, 0].imshow(means[row].squeeze(), cmap='gray', vmin=0, vmax=1)
+    for col, j in enumerate(index):
+      axes[row, col + 1].imshow(got['decoded'][j].squeeze(), cmap='gray', vmin=0, vmax=1)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  axes[0, 0].set_title(f'{target}\nclass mean', fontsize=7)
+  for col in range(k):
+    axes[0, col + 1].set_title(f'from\n{source}', fontsize=7)
+  path = _save(fig, workdir, f'reconstruction_{source}_to_{target}.png')
+  plt.close(fig)
+  return {'num_examples': int(len(labels)),
+          'mse': float(np.mean((flat - targets.reshape(len(labels), -1)) ** 2)),
+          'nearest_class_mean_accuracy': float(np.mean(nearest == labels)),
+          'picture': path}
+
+
+def _targets_over_split(run, split: str, key: str) -> np.ndarray:
+  pipeline = run.batches(split)
+  try:
+    parts = [np.asarray(b[key])[np.asarray(b['mask'], bool)] for b in pipeline]
+  finally:
+    pipeline.close()
+  return np.concatenate(parts)
+
+
+def attention(run, state, options, workdir: str) -> dict[str, Any]:
+  n = int(options.num_examples)
+
+  def select(out):
+    if not out.get('attention'):
+      raise ValueError(f'evaluators.attention: fusion {run.config.model.fusion.type!r} has no '
+                       'attention maps (use crossattn, joint or bottleneck)')
+    return {f'attn/{k}': v.mean(1) for k, v in out['attention'].items()}  # mean over heads
+
+  got = outputs_over_split(run, state, options.split, select, max_examples=n)
+  names = sorted(k for k in got if k.startswith('attn/'))
+  plt = _pyplot()
+  fig, axes = plt.subplots(n, len(names), figsize=(3 * len(names), 2.6 * n), squeeze=False)
+  for i in range(n):
+    for j, name in enumerate(names):
+      ax = axes[i, j]
+      ax.imshow(got[name][i], aspect='auto', cmap='viridis')
+      ax.set_title(f'{name[5:]} (label {got["label"][i]})', fontsize=7)
+      ax.set_xlabel('key token', fontsize=6)
+      ax.set_ylabel('query token', fontsize=6)
+  path = _save(fig, workdir, 'attention.png')
+  plt.close(fig)
+  return {'num_examples': n, 'maps': len(names), 'picture': path}
+
+
+EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
+    'retrieval': retrieval,
+    'robustness': robustness,
+    'reconstruction': reconstruction,
+    'attention': attention,
+}
+
+
+def check_config(evaluators: Mapping[str, Any] | None, modalities: Sequence[str]) -> None:
+  """ValueError naming a bad evaluator, option or modality: before training, not after it."""
+  for name, options in (evaluators or {}).items():
+    if name not in EVALUATORS:
+      raise ValueError(f'config.evaluators.{name}: unknown evaluator; valid choices: '
+                       f'{sorted(EVALUATORS)}')
+    defaults = evaluator_config(name)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+      raise ValueError(f'config.evaluators.{name}: unknown option(s) {unknown}; valid: '
+                       f'{sorted(defaults)}')
+    if name == 'retrieval' and (len(set(options.pair)) != 2
+                                or not set(options.pair) <= set(modalities)):
+      raise ValueError(f'config.evaluators.retrieval.pair={tuple(options.pair)}: needs two '
+                       f'different modalities of {list(modalities)}')
+    if name == 'robustness':
+      levels = [float(l) for l in options.levels]
+      if not levels or levels[0] != 0.0 or levels != sorted(levels) or levels[-1] > 1.0:
+        raise ValueError(f'config.evaluators.robustness.levels={tuple(levels)}: must rise '
+                         'from 0 (clean) to at most 1')
+      for m, kinds in options.noises.items():
+        for kind in kinds:
+          if kind not in noise_lib.NOISES.get(m, ()):
+            raise ValueError(f'config.evaluators.robustness.noises.{m}: {kind!r}; valid '
+                             f'choices: {noise_lib.NOISES.get(m, ())}')
+
+
+def run_all(run, state, evaluators: Mapping[str, Any] | None, workdir: str
+            ) -> dict[str, dict[str, Any]]:
+  """{name: summary} of every evaluator in `config.evaluators`."""
+  check_config(evaluators, run.model.modalities)
+  results = {}
+  for name, options in (evaluators or {}).items():
+    results[name] = EVALUATORS[name](run, state, options, workdir)
+  return results

@@ -1,0 +1,42 @@
+r"""AV-MNIST cross-modal retrieval: the audio and image LeNets aligned by contrastive learning
+alone (no classifier is trained), then evaluated by retrieval over the whole test split.
+
+  python -m crossmodal.main --config=experiments/avmnist_retrieval.py --workdir=runs/retrieval
+
+Presets (after ':', comma-separated): loss=infonce (CLIP-style symmetric InfoNCE with a
+learned temperature) | triplet (margin 0.2 on cosine similarity); labels=false (positives are
+the paired examples only: no labels used) | true (every same-class pair is a positive);
+variant, snr, subset, steps as in avmnist.py.
+
+AV-MNIST pairs an image and a recording only by their digit, so an instance-level hit is
+luck (about 1 in 1,000 same-digit candidates); recall by class is the measure, against a
+chance level of 10%.
+
+Expected result (seed 0, 2000 steps, about 8 min on a 2-core CPU; docs/results.md):
+  TODO
+"""
+import os
+
+import ml_collections
+
+from crossmodal import config_utils
+from crossmodal import evaluators
+
+_AVMNIST = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                 'avmnist.py'), '_avmnist_base_config')
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = config_utils.parse_arg(arg, loss='infonce', labels=False, variant='pca',
+                             snr=_AVMNIST.SNR_DB, subset=0, steps=2000)
+  if a.loss not in config_utils.CONTRASTIVE_LOSSES:
+    raise config_utils.ConfigError(f'avmnist_retrieval.py: loss={a.loss!r}; valid choices: '
+                                   f'{config_utils.CONTRASTIVE_LOSSES}')
+  config = _AVMNIST.get_config(f'variant={a.variant},snr={a.snr},subset={a.subset},'
+                               f'steps={a.steps}')
+  config.objectives = config_utils.objectives_config(classification=0.0, contrastive=1.0)
+  config.objectives.contrastive.update(loss=a.loss, same_class_positives=a.labels)
+  config.train.best_metric = 'loss'  # the validation contrastive loss picks the checkpoint
+  config.evaluators = ml_collections.ConfigDict(
+      {'retrieval': evaluators.evaluator_config('retrieval')})
+  return config

@@ -1,0 +1,162 @@
+"""Objectives: the contrastive losses against a direct NumPy computation, global negatives on
+8 simulated devices (pmap's all_gather and jit's sharded batch give the single-device loss and
+gradient), and the weighted combination in the train step."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crossmodal import config_utils
+from crossmodal import objectives
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def numpy_contrastive(a, b, labels, mask, loss, scale, margin, same_class):
+  """Loops over queries: the textbook definitions, in float64."""
+  a, b = _unit(np.float64(a)), _unit(np.float64(b))
+  real = np.flatnonzero(mask)
+  total = 0.0
+  for queries, keys in ((a, b), (b, a)):
+    for i in real:
+      positives = [j for j in real if j == i or (same_class and labels[j] == labels[i])]
+      sims = {j: float(queries[i] @ keys[j]) for j in real}
+      if loss == 'infonce':
+        logits = np.array([scale * sims[j] for j in real])
+        log_z = np.log(np.exp(logits - logits.max()).sum()) + logits.max()
+        total += 0.5 * np.mean([log_z - scale * sims[j] for j in positives])
+      else:
+        negatives = [j for j in real if j not in positives]
+        hinge = [max(0.0, margin - sims[i] + sims[j]) for j in negatives]
+        total += 0.5 * (np.mean(hinge) if hinge else 0.0)
+  return total, float(len(real))
+
+
+@pytest.mark.parametrize('loss', ['infonce', 'triplet'])
+@pytest.mark.parametrize('same_class', [False, True])
+def test_contrastive_matches_numpy(loss, same_class):
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(12, 5)), rng.normal(size=(12, 5))
+  labels = rng.integers(0, 3, size=12)
+  mask = np.ones(12, bool)
+  mask[[3, 10]] = False  # padding: neither a query nor a negative
+  got = objectives.contrastive(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+                               loss=loss, scale=7.0, margin=0.3, labels=jnp.asarray(labels),
+                               same_class_positives=same_class, mask=jnp.asarray(mask))
+  want = numpy_contrastive(a, b, labels, mask, loss, 7.0, 0.3, same_class)
+  np.testing.assert_allclose(float(got[0]), want[0], rtol=1e-5)
+  assert float(got[1]) == want[1] == 10
+
+
+def test_infonce_is_low_when_pairs_align_and_ln_n_at_chance():
+  x = np.eye(8, dtype=np.float32)
+  aligned, _ = objectives.contrastive(jnp.asarray(x), jnp.asarray(x), scale=50.0)
+  constant, _ = objectives.contrastive(jnp.ones((8, 4)), jnp.ones((8, 4)), scale=50.0)
+  assert float(aligned) / 8 < 1e-6
+  np.testing.assert_allclose(float(constant) / 8, np.log(8), rtol=1e-6)
+
+
+def test_reconstruction_error_scales_uint8_targets():
+  target = np.full((2, 4, 4, 1), 255, np.uint8)
+  decoded = jnp.full((2, 4, 4, 1), 0.5)
+  np.testing.assert_allclose(objectives.reconstruction_error(decoded, jnp.asarray(target)),
+                             [0.25, 0.25])
+
+
+def test_weights_and_validation():
+  cfg = config_utils.objectives_config(classification=0.0, contrastive=1.0, reconstruction=0.5)
+  assert objectives.active(cfg) == ('contrastive', 'reconstruction')
+  assert objectives.weights(None) == {'classification': 1.0}
+  base = config_utils.load_config_file(os.path.join(REPO, 'experiments', 'synthetic.py'))
+  base.objectives = config_utils.objectives_config(classification=0.0)
+  with pytest.raises(config_utils.ConfigError, match='every weight is 0'):
+    config_utils.validate(base)
+  base.objectives = config_utils.objectives_config(contrastive=1.0)
+  base.objectives.contrastive.loss = 'hinge'
+  base.objectives.contrastive.pair = ('audio', 'audio')
+  with pytest.raises(config_utils.ConfigError) as e:
+    config_utils.validate(base)
+  assert 'contrastive.loss' in str(e.value) and 'contrastive.pair' in str(e.value)
+  with pytest.raises(config_utils.ConfigError, match='unknown objective'):
+    config_utils.objectives_config(vae=1.0)
+
+
+_EIGHT_DEVICE_SCRIPT = r'''
+import json
+import jax, jax.numpy as jnp, numpy as np
+from crossmodal import objectives
+assert jax.device_count() == 8, jax.devices()
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+rng = np.random.default_rng(0)
+n, d = 32, 6
+xa, xb = rng.normal(size=(n, 5)).astype(np.float32), rng.normal(size=(n, 7)).astype(np.float32)
+labels = rng.integers(0, 4, size=n).astype(np.int32)
+mask = np.ones(n, bool); mask[[5, 30]] = False
+params = {'wa': rng.normal(size=(5, d)).astype(np.float32),
+          'wb': rng.normal(size=(7, d)).astype(np.float32), 'scale': np.float32(4.0)}
+out = {}
+for loss in ('infonce', 'triplet'):
+  for same in (False, True):
+    def local(p, xa, xb, labels, mask, axis_name=None):
+      return objectives.contrastive(xa @ p['wa'], xb @ p['wb'], loss=loss, scale=p['scale'],
+                                    margin=0.2, labels=labels, same_class_positives=same,
+                                    mask=mask, axis_name=axis_name)
+    def mean(p, *args, axis_name=None):
+      s, c = local(p, *args, axis_name=axis_name)
+      return s / c
+    args = (xa, xb, labels, mask)
+    ref_loss, ref_grad = jax.value_and_grad(mean)(params, *args)  # one device, whole batch
+
+    # jit with the batch sharded over the 8 devices: the global-array semantics.
+    mesh = Mesh(np.array(jax.devices()), ('data',))
+    shard = NamedSharding(mesh, P('data'))
+    sharded = [jax.device_put(x, shard) for x in args]
+    jit_loss, jit_grad = jax.jit(jax.value_and_grad(mean))(params, *sharded)
+
+    # pmap: each device its 4 queries against all 32 keys (all_gather); sums psum'd.
+    split = [x.reshape((8, n // 8) + x.shape[1:]) for x in args]
+    def device_step(p, *a):
+      s, c = local(p, *a, axis_name='data')
+      total_s, total_c = jax.lax.psum(s, 'data'), jax.lax.psum(c, 'data')
+      grad = jax.grad(lambda q: local(q, *a, axis_name='data')[0])(p)
+      return total_s / total_c, jax.lax.psum(grad, 'data'), total_c
+    pm_loss, pm_grad_sum, count = jax.pmap(device_step, axis_name='data', in_axes=(None,) + (0,) * 4)(params, *split)
+    jax.block_until_ready(pm_loss)
+    pm_grad = jax.tree.map(lambda g: g[0] / count[0], pm_grad_sum)
+    def diff(g1, g2):
+      return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+                 zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
+    out[f'{loss}_{same}'] = {
+        'ref': float(ref_loss), 'jit': float(jit_loss), 'pmap': float(pm_loss[0]),
+        'jit_grad': diff(ref_grad, jit_grad), 'pmap_grad': diff(ref_grad, pm_grad),
+        'grad_scale': max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(ref_grad))}
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_global_negatives_on_8_devices():
+  """The pmap path (each device's queries against the all_gather'ed global batch) and the jit
+  path (sharded global arrays) give the single-device loss and gradient, with padding."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+         'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, '-c', _EIGHT_DEVICE_SCRIPT], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert len(results) == 4
+  for name, r in results.items():
+    assert r['grad_scale'] > 1e-3, name  # the comparison below is not of zeros
+    np.testing.assert_allclose([r['jit'], r['pmap']], [r['ref']] * 2, rtol=1e-5, err_msg=name)
+    assert r['jit_grad'] < 1e-5 * max(1.0, r['grad_scale']), (name, r)
+    assert r['pmap_grad'] < 1e-5 * max(1.0, r['grad_scale']), (name, r)
