@@ -30,6 +30,7 @@ import numpy as np
 
 from crossmodal import files
 from crossmodal.data import noise as noise_lib
+from crossmodal.models import fusion as fusion_lib
 
 EVAL_DIR = 'eval'
 LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -318,8 +319,12 @@ EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def check_config(evaluators: Mapping[str, Any] | None, modalities: Sequence[str]) -> None:
-  """ValueError naming a bad evaluator, option or modality: before training, not after it."""
+def check_config(evaluators: Mapping[str, Any] | None, model) -> None:
+  """ValueError naming a bad evaluator, option or modality: before training, not after it.
+
+  `model` is the CrossModalModel the config builds.
+  """
+  modalities = model.modalities
   for name, options in (evaluators or {}).items():
     if name not in EVALUATORS:
       raise ValueError(f'config.evaluators.{name}: unknown evaluator; valid choices: '
@@ -333,6 +338,11 @@ def check_config(evaluators: Mapping[str, Any] | None, modalities: Sequence[str]
                                 or not set(options.pair) <= set(modalities)):
       raise ValueError(f'config.evaluators.retrieval.pair={tuple(options.pair)}: needs two '
                        f'different modalities of {list(modalities)}')
+    if name == 'retrieval' and fusion_lib.uses_tokens(model.fusion.type) and not model.pooled:
+      raise ValueError(f'config.evaluators.retrieval: under fusion={model.fusion.type!r} the '
+                       'encoders compute no pooled vector unless an embedding objective '
+                       '(contrastive, reconstruction or aux_classification in '
+                       'config.objectives) trains one')
     if name == 'robustness':
       levels = [float(l) for l in options.levels]
       if not levels or levels[0] != 0.0 or levels != sorted(levels) or levels[-1] > 1.0:
@@ -348,7 +358,7 @@ def check_config(evaluators: Mapping[str, Any] | None, modalities: Sequence[str]
 def run_all(run, state, evaluators: Mapping[str, Any] | None, workdir: str
             ) -> dict[str, dict[str, Any]]:
   """{name: summary} of every evaluator in `config.evaluators`."""
-  check_config(evaluators, run.model.modalities)
+  check_config(evaluators, run.model)
   results = {}
   for name, options in (evaluators or {}).items():
     results[name] = EVALUATORS[name](run, state, options, workdir)

@@ -96,9 +96,9 @@ def check_buildable(config: Any) -> None:
   if missing:
     raise ValueError(f'config.model.modalities={list(config.model.modalities)}: dataset '
                      f'{config.data.name!r} has no {missing}; it has {list(available)}')
-  build_model(config, num_classes=2, axis_name=None)
+  model = build_model(config, num_classes=2, axis_name=None)
   from crossmodal import evaluators  # pylint: disable=g-import-not-at-top
-  evaluators.check_config(config.get('evaluators'), config.model.modalities)
+  evaluators.check_config(config.get('evaluators'), model)
 
 
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
