@@ -18,7 +18,9 @@ gets SIGTERM too, which makes it save a checkpoint before it exits.
 Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the checkpoint
 chosen by validation accuracy: the `eval_test` record written by `--mode=train_and_eval`; the
 final periodic test accuracy; the validation curve; training examples/s), `run_info.json`
-(parameter count) and `sweep_status.json` (wall time summed over attempts). Reading goes
+(parameter count) and `sweep_status.json` (wall time summed over attempts). The scalar
+results of evaluators (`eval_retrieval`, `eval_robustness`, ...: crossmodal/evaluators.py) become
+columns `<evaluator>/<metric>` of results.csv, and their headline metrics a second table. Reading goes
 through etils.epath, so `--report_only` / `--dry_run` also work on a gs:// root filled by runs
 on TPU VMs (scripts/tpu_vm.py sweep); a run without a status file counts as done once it has
 its `eval_test` record. Running needs a local root (the runner keeps each run's log there).
@@ -32,6 +34,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -53,6 +56,13 @@ PREEMPTED_EXIT_CODE = 75  # = crossmodal.main.PREEMPTED_EXIT_CODE: saved on SIGT
 CSV_FIELDS = ('variant', 'seed', 'status', 'test_accuracy', 'test_macro_f1',
               'final_test_accuracy', 'best_validation_accuracy', 'num_params',
               'examples_per_sec', 'wall_time_s', 'workdir', 'error')
+# Splits of metrics.jsonl that are not evaluator records.
+_NOT_EVALUATORS = ('eval_test', 'eval_validation', 'eval_train')
+# Evaluator metrics shown in results.md (all of them go to results.csv).
+HEADLINES = (r'^retrieval/[a-z]+_to_[a-z]+/class/(recall@1|median_rank)$',
+             r'^robustness/(clean|missing_[a-z]+)/accuracy$',
+             r'^robustness/[a-z]+/relative_robustness$',
+             r'^reconstruction/(mse|nearest_class_mean_accuracy)$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,15 +257,15 @@ def collect_run(run: Run) -> dict[str, Any]:
              status=status.get('state', 'not started'), error=status.get('error'),
              wall_time_s=status.get('wall_time_s'))
   chosen = [r for r in records if r['split'] == 'eval_test']  # best-by-validation checkpoint
-  if chosen:
-    row['test_accuracy'] = chosen[-1]['accuracy']
-    row['test_macro_f1'] = chosen[-1]['macro_f1']
+  if chosen:  # no accuracy when no classifier is trained (e.g. contrastive only)
+    row['test_accuracy'] = chosen[-1].get('accuracy')
+    row['test_macro_f1'] = chosen[-1].get('macro_f1')
     if not status:  # started outside this runner (--dry_run commands, TPU VM sweep)
       row['status'] = 'done'
   periodic = [r for r in records if r['split'] == 'test']
   if periodic:
-    row['final_test_accuracy'] = periodic[-1]['accuracy']
-  validation = [r['accuracy'] for r in records if r['split'] == 'validation']
+    row['final_test_accuracy'] = periodic[-1].get('accuracy')
+  validation = [r['accuracy'] for r in records if r['split'] == 'validation' and 'accuracy' in r]
   if validation:
     row['best_validation_accuracy'] = max(validation)
   speeds = [r['examples_per_sec'] for r in records
@@ -269,14 +279,25 @@ def collect_run(run: Run) -> dict[str, Any]:
         'num_params']
   except (FileNotFoundError, json.JSONDecodeError, KeyError):
     pass
-  if row['status'] == 'done' and row['test_accuracy'] is None:
+  for r in records:  # the latest record of each evaluator
+    if r['split'].startswith('eval_') and r['split'] not in _NOT_EVALUATORS:
+      name = r['split'][len('eval_'):]
+      row.update({f'{name}/{k}': v for k, v in r.items() if k not in ('step', 'split')
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)})
+  if row['status'] == 'done' and not chosen:
     row['status'], row['error'] = 'failed', 'finished without a test evaluation'
   return row
 
 
+def evaluator_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The `<evaluator>/<metric>` columns present in any row, sorted."""
+  return sorted({k for r in rows for k in r if k not in CSV_FIELDS and '/' in k})
+
+
 def validation_curve(run: Run) -> list[tuple[int, float]]:
   records = files.read_jsonl(os.path.join(run.workdir, 'metrics.jsonl'))
-  return [(r['step'], r['accuracy']) for r in records if r['split'] == 'validation']
+  return [(r['step'], r['accuracy']) for r in records
+          if r['split'] == 'validation' and 'accuracy' in r]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -294,8 +315,9 @@ def aggregate(rows: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list[d
                            'failures': [(r['seed'], r['status'], r['error']) for r in mine
                                         if r['status'] != 'done']}
     for key in ('test_accuracy', 'test_macro_f1', 'final_test_accuracy',
-                'best_validation_accuracy', 'examples_per_sec', 'wall_time_s', 'num_params'):
-      values = [r[key] for r in ok if r[key] is not None]
+                'best_validation_accuracy', 'examples_per_sec', 'wall_time_s', 'num_params',
+                *evaluator_columns(rows)):
+      values = [r[key] for r in ok if r.get(key) is not None]
       agg[key] = _mean_std(values) if values else None
     out.append(agg)
   return out
@@ -333,6 +355,23 @@ def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
                  f'{_pm(a["best_validation_accuracy"], n)} | {params} | '
                  f'{_pm(a["examples_per_sec"], n, 1, 0)} | {_pm(a["wall_time_s"], n, 1, 0)} | '
                  f'{runs} |')
+  return '\n'.join(lines) + '\n'
+
+
+def evaluator_table(table: Sequence[Mapping[str, Any]]) -> str:
+  """Variant | each headline evaluator metric (HEADLINES), mean ± std over finished seeds;
+  empty when no run has evaluator records. Accuracies and recalls in %, ranks and errors raw."""
+  keys = [k for k in table[0] if any(re.match(h, k) for h in HEADLINES)] if table else []
+  keys = [k for k in keys if any(a[k] is not None for a in table)]
+  if not keys:
+    return ''
+  raw = lambda k: k.endswith(('median_rank', 'mse'))
+  header = [k + ('' if raw(k) else ' (%)') for k in keys]
+  lines = ['| variant | ' + ' | '.join(header) + ' |', '|---' * (len(keys) + 1) + '|']
+  for a in table:
+    cells = [_pm(a[k], a['done'], 1 if raw(k) else 100, 4 if k.endswith('mse') else
+                 1 if raw(k) else 2) for k in keys]
+    lines.append(f'| {a["variant"]} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
@@ -381,7 +420,7 @@ def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> 
 def _save_figure(fig, path: str) -> str:
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png', dpi=120)
-  epath.Path(path).write_bytes(buffer.getvalue())
+  files.write_file(path, buffer.getvalue())
   return path
 
 
@@ -390,12 +429,15 @@ def report(runs: Sequence[Run], root: str, order: Sequence[str]) -> tuple[str, l
   epath.Path(root).mkdir(parents=True, exist_ok=True)
   rows = [collect_run(r) for r in runs]
   buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, CSV_FIELDS)
+  writer = csv.DictWriter(buffer, list(CSV_FIELDS) + evaluator_columns(rows))
   writer.writeheader()
   writer.writerows(rows)
   (epath.Path(root) / 'results.csv').write_text(buffer.getvalue())
   table = aggregate(rows, order)
   text = markdown_table(table)
+  evaluated = evaluator_table(table)
+  if evaluated:
+    text += '\nEvaluators (crossmodal/evaluators.py) on the same checkpoints:\n\n' + evaluated
   (epath.Path(root) / 'results.md').write_text(text)
   plot(runs, table, root)
   return text, rows

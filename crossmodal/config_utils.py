@@ -226,6 +226,11 @@ def _check_objectives(e: _Errors) -> None:
   weights = [e.get(f'objectives.{name}.weight') for name in OBJECTIVES]
   if all(_number(w) for w in weights) and not any(w > 0 for w in weights):
     e.messages.append('config.objectives: every weight is 0, so nothing would be trained')
+  if (_number(e.get('objectives.classification.weight'))
+      and e.get('objectives.classification.weight') == 0
+      and e.get('train.best_metric') in ('accuracy', 'macro_f1')):
+    e.messages.append(f'config.train.best_metric={e.get("train.best_metric")!r}: no classifier '
+                      'is trained (objectives.classification.weight=0); use \'loss\'')
   e.check('objectives.contrastive.loss', lambda v: v in CONTRASTIVE_LOSSES, 'unknown loss',
           CONTRASTIVE_LOSSES)
   e.check('objectives.contrastive.pair', lambda v: len(v) == 2 and len(set(v)) == 2

@@ -162,7 +162,8 @@ def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | No
                objectives_lib.compute(objectives, out, batch, axis_name=axis_name).items()}
       aux = ({f'loss_{name}': value for name, value in means.items()}
              if len(means) > 1 or 'classification' not in means else {})
-      aux['accuracy'] = (jnp.argmax(out['logits'], -1) == batch['label']).mean()
+      if 'classification' in means:  # else the classifier is untrained: no accuracy to show
+        aux['accuracy'] = (jnp.argmax(out['logits'], -1) == batch['label']).mean()
       if 'logit_scale' in out:
         aux['temperature'] = 1.0 / out['logit_scale']
       return objectives_lib.total(objectives, means), (updates.get('batch_stats', {}), aux)
@@ -207,11 +208,13 @@ def make_eval_step(model, num_classes: int, axis_name: str | None, objectives: A
 
 
 def summarize_eval(acc: dict[str, Any], objectives: Any = None) -> dict[str, Any]:
-  """Classification metrics from the confusion matrix; `loss` = the weighted objective (the
-  classification cross-entropy by default), and `loss_<objective>` for each objective."""
-  summary = metrics_lib.summarize_confusion(acc['confusion'])
+  """Classification metrics from the confusion matrix (only when the classifier is trained);
+  `loss` = the weighted objective (the classification cross-entropy by default), and
+  `loss_<objective>` for each objective."""
   means = {name: float(value / max(float(count), 1.0))
            for name, (value, count) in acc['losses'].items()}
+  summary = (metrics_lib.summarize_confusion(acc['confusion']) if 'classification' in means
+             else {})
   summary['loss'] = float(objectives_lib.total(objectives, means))
   if len(means) > 1 or 'classification' not in means:
     summary.update({f'loss_{name}': value for name, value in means.items()})

@@ -1,11 +1,13 @@
 """The sweep runner on tiny synthetic runs: dry run, results, failures, skip and resume."""
 import csv
+import json
 import os
 import textwrap
 
 import pytest
 
 from crossmodal import ablate
+from crossmodal import files
 from crossmodal import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +136,29 @@ def test_aggregate_and_table_on_hand_made_rows():
   # One finished seed: no '± 0.00' pretending to be a spread.
   single = ablate.markdown_table(ablate.aggregate(rows[:1], ['a']))
   assert '| **a** (best) | 50.00 | 40.00 | 50.00 | 60.00 | 10 | 100 | 10 | 1/1 |' in single
+
+
+def test_evaluator_records_become_columns_and_a_table(tmp_path):
+  """eval_<evaluator> records -> `<evaluator>/<metric>` columns; headline metrics -> a table.
+  A contrastive-only run (no accuracy in its eval_test record) still counts as done."""
+  runs = ablate.plan(CONFIG, [ablate.Variant('clip')], [0, 1], str(tmp_path))
+  for run, (r1, rank) in zip(runs, ((0.4, 2.0), (0.6, 4.0))):
+    records = [{'step': 9, 'split': 'eval_test', 'loss': 1.0, 'loss_contrastive': 1.0},
+               {'step': 9, 'split': 'eval_retrieval', 'num_examples': 40,
+                'audio_to_image/class/recall@1': r1, 'audio_to_image/class/median_rank': rank,
+                'audio_to_image/instance/recall@5': 0.1, 'levels': [0.0, 1.0]}]
+    files.write_file(os.path.join(run.workdir, 'metrics.jsonl'),
+                     ''.join(json.dumps(r) + '\n' for r in records))
+  rows = [ablate.collect_run(r) for r in runs]
+  assert [r['status'] for r in rows] == ['done', 'done'] and rows[0]['test_accuracy'] is None
+  assert ablate.evaluator_columns(rows) == [
+      'retrieval/audio_to_image/class/median_rank', 'retrieval/audio_to_image/class/recall@1',
+      'retrieval/audio_to_image/instance/recall@5', 'retrieval/num_examples']
+  text = ablate.evaluator_table(ablate.aggregate(rows, ['clip']))
+  assert text.splitlines()[0] == ('| variant | retrieval/audio_to_image/class/median_rank | '
+                                  'retrieval/audio_to_image/class/recall@1 (%) |')
+  assert text.splitlines()[2] == '| clip | 3.0 ± 1.4 | 50.00 ± 14.14 |'
+  assert ablate.evaluator_table(ablate.aggregate(rows[:0], ['clip'])) == ''
 
 
 def test_failure_reason_prefers_main_error_then_exception():

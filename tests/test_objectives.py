@@ -13,6 +13,7 @@ import pytest
 
 from crossmodal import config_utils
 from crossmodal import objectives
+from crossmodal import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,6 +89,23 @@ def test_weights_and_validation():
   assert 'contrastive.loss' in str(e.value) and 'contrastive.pair' in str(e.value)
   with pytest.raises(config_utils.ConfigError, match='unknown objective'):
     config_utils.objectives_config(vae=1.0)
+  base.objectives = config_utils.objectives_config(classification=0.0, contrastive=1.0)
+  with pytest.raises(config_utils.ConfigError, match="best_metric='accuracy': no classifier"):
+    config_utils.validate(base)
+  base.train.best_metric = 'loss'
+  config_utils.validate(base)
+
+
+def test_no_classification_metrics_without_a_trained_classifier():
+  """An untrained classifier's accuracy would be noise in the records: it is left out."""
+  confusion = np.array([[3, 1], [0, 4]])
+  acc = {'confusion': confusion, 'losses': {'contrastive': [6.0, 3.0]}}
+  only = train.summarize_eval(acc, config_utils.objectives_config(classification=0.0,
+                                                                   contrastive=1.0))
+  assert only == {'loss': 2.0, 'loss_contrastive': 2.0}
+  acc['losses']['classification'] = [3.0, 3.0]
+  both = train.summarize_eval(acc, config_utils.objectives_config(contrastive=1.0))
+  assert both['accuracy'] == 7 / 8 and both['loss'] == 3.0 and both['loss_classification'] == 1.0
 
 
 _EIGHT_DEVICE_SCRIPT = r'''

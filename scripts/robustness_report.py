@@ -1,0 +1,159 @@
+r"""Robustness table and accuracy-vs-noise curves across the runs of a sweep.
+
+  python scripts/robustness_report.py --root=runs/fusion \
+      --variants=image_only,audio_only,late,concat,crossattn,bottleneck --reference=late
+
+Reads the latest `eval_robustness` record (crossmodal/evaluators.py, written by
+`python -m crossmodal.main ... --mode=eval` with `evals=robustness`) of every
+`<root>/<variant>/seed<k>/metrics.jsonl`, averages over seeds, and writes `<out>/robustness.md`
+and `<out>/robustness.png` (default out: root). Columns, all in %:
+  clean               test accuracy without corruption
+  missing <m>         accuracy with modality m hidden by the model's `present` mask
+  <m> RR              relative robustness: area under accuracy vs noise level in [0, 1],
+                      averaged over m's noise kinds (MultiBench)
+  <m> ER              effective robustness against the reference variant (late fusion):
+                      the per-level gap between the curve and the reference's curve shifted to
+                      the same clean accuracy, summed over the noisy levels, averaged over kinds
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import os
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from crossmodal import evaluators
+from crossmodal import files
+
+
+def load_records(root: str, variant: str) -> list[dict[str, Any]]:
+  """The latest eval_robustness record of each seed<k> workdir of `variant`."""
+  out = []
+  for path in sorted(glob.glob(os.path.join(root, variant, 'seed*', 'metrics.jsonl'))):
+    records = [r for r in files.read_jsonl(path) if r['split'] == 'eval_robustness']
+    if records:
+      out.append(records[-1])
+  return out
+
+
+def _mean(values: Sequence[Any]) -> Any:
+  """Mean over seeds, elementwise for curves."""
+  if isinstance(values[0], list):
+    return [statistics.mean(v) for v in zip(*values)]
+  return statistics.mean(values)
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Mean over seeds of every accuracy and curve (records must share their noise levels)."""
+  levels = records[0]['levels']
+  if any(r['levels'] != levels for r in records):
+    raise ValueError('robustness records disagree on the noise levels: '
+                     f'{sorted({tuple(r["levels"]) for r in records})}')
+  keys = set.intersection(*[set(r) for r in records]) - {'step', 'split', 'levels',
+                                                          'num_examples'}
+  summary = {k: _mean([r[k] for r in records]) for k in sorted(keys)}
+  summary.update(levels=levels, seeds=len(records))
+  return summary
+
+
+def _kinds(summary: Mapping[str, Any], modality: str) -> list[str]:
+  return sorted(k[:-len('/accuracy')] for k in summary
+                if k.startswith(f'{modality}_') and k.endswith('/accuracy')
+                and not k.startswith('missing_'))
+
+
+def table(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str],
+          reference: str | None) -> str:
+  """The Markdown table of the module docstring."""
+  ref = summaries.get(reference) if reference else None
+  cells = lambda v: '-' if v is None else f'{100 * v:.2f}'
+  head = (['variant', 'seeds', 'clean'] + [f'missing {m}' for m in modalities]
+          + [f'{m} RR' for m in modalities] + ([f'{m} ER' for m in modalities] if ref else []))
+  lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
+  for name, s in summaries.items():
+    row = [name, str(s['seeds']), cells(s['clean/accuracy'])]
+    row += [cells(s.get(f'missing_{m}/accuracy')) for m in modalities]
+    row += [cells(s.get(f'{m}/relative_robustness')) for m in modalities]
+    if ref:
+      for m in modalities:
+        kinds = [k for k in _kinds(s, m) if f'{k}/accuracy' in ref]
+        gaps = [evaluators.effective_robustness(s[f'{k}/accuracy'], ref[f'{k}/accuracy'])
+                for k in kinds]
+        row.append(cells(float(np.mean(gaps)) if gaps else None))
+    lines.append('| ' + ' | '.join(row) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str], path: str
+         ) -> str:
+  """One panel per noise (modality, kind): mean accuracy vs level, one line per variant."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  kinds = sorted({k for s in summaries.values() for m in modalities for k in _kinds(s, m)})
+  cols = min(4, len(kinds))
+  rows = -(-len(kinds) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+  for ax, kind in zip(axes.ravel(), kinds):
+    for name, s in summaries.items():
+      if f'{kind}/accuracy' in s:
+        ax.plot(s['levels'], [100 * a for a in s[f'{kind}/accuracy']], marker='.', label=name)
+    ax.set_title(kind.replace('_', ' ', 1), fontsize=9)
+    ax.set_xlabel('noise level')
+    ax.set_ylabel('test accuracy (%)')
+    ax.set_ylim(0, 100)
+  for ax in axes.ravel()[len(kinds):]:
+    ax.axis('off')
+  axes.ravel()[0].legend(fontsize='x-small')
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=110)
+  plt.close(fig)
+  files.write_file(path, buffer.getvalue())
+  return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--root', required=True, help='sweep root holding <variant>/seed<k>/')
+  p.add_argument('--variants', required=True, help='comma-separated, in table order')
+  p.add_argument('--reference', default='late',
+                 help="variant for effective robustness ('' for none; default late)")
+  p.add_argument('--modalities', default='image,audio')
+  p.add_argument('--out', default='', help='output directory (default: --root)')
+  args = p.parse_args(argv)
+  variants = [v for v in args.variants.split(',') if v]
+  modalities = [m for m in args.modalities.split(',') if m]
+  summaries, missing = {}, []
+  for v in variants:
+    records = load_records(args.root, v)
+    if records:
+      summaries[v] = summarize(records)
+    else:
+      missing.append(v)
+  if missing:
+    print(f'error: no eval_robustness record under {args.root}/{{{",".join(missing)}}}/seed*/; '
+          'run: python -m crossmodal.main --config=<the variant\'s config>,evals=robustness '
+          '--workdir=<root>/<variant>/seed<k> --mode=eval', file=sys.stderr)
+    return 2
+  if args.reference and args.reference not in summaries:
+    print(f'error: --reference={args.reference} is not among --variants', file=sys.stderr)
+    return 2
+  text = table(summaries, modalities, args.reference or None)
+  out = args.out or args.root
+  files.write_file(os.path.join(out, 'robustness.md'), text)
+  plot(summaries, modalities, os.path.join(out, 'robustness.png'))
+  print(text)
+  print(f'written: {os.path.join(out, "robustness.md")}, robustness.png')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
