@@ -214,7 +214,7 @@ def summarize_eval(acc: dict[str, Any], objectives: Any = None) -> dict[str, Any
   means = {name: float(value / max(float(count), 1.0))
            for name, (value, count) in acc['losses'].items()}
   summary = (metrics_lib.summarize_confusion(acc['confusion']) if 'classification' in means
-             else {})
+             else {'num_examples': int(np.asarray(acc['confusion']).sum())})
   summary['loss'] = float(objectives_lib.total(objectives, means))
   if len(means) > 1 or 'classification' not in means:
     summary.update({f'loss_{name}': value for name, value in means.items()})

@@ -143,7 +143,10 @@ def test_evaluators_end_to_end(trained):
   assert rob['levels'] == [0.0, 0.5, 1.0]
   assert rob['image_gaussian/accuracy'][0] == rob['clean/accuracy'] == results['test']['accuracy']
   assert {'missing_image/accuracy', 'missing_audio/accuracy', 'audio/relative_robustness'} <= set(rob)
-  assert os.path.exists(results['reconstruction']['picture'])
+  rec = results['reconstruction']
+  assert os.path.exists(rec['picture']) and rec['mse'] > 0
+  assert 0 <= rec['nearest_class_mean_accuracy'] <= 1
+  assert 0 <= rec['real/nearest_class_mean_accuracy'] <= 1
   records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   splits = {r['split'] for r in records}
   assert {'eval_retrieval', 'eval_robustness', 'eval_reconstruction'} <= splits

@@ -102,7 +102,7 @@ def test_no_classification_metrics_without_a_trained_classifier():
   acc = {'confusion': confusion, 'losses': {'contrastive': [6.0, 3.0]}}
   only = train.summarize_eval(acc, config_utils.objectives_config(classification=0.0,
                                                                    contrastive=1.0))
-  assert only == {'loss': 2.0, 'loss_contrastive': 2.0}
+  assert only == {'num_examples': 8, 'loss': 2.0, 'loss_contrastive': 2.0}
   acc['losses']['classification'] = [3.0, 3.0]
   both = train.summarize_eval(acc, config_utils.objectives_config(contrastive=1.0))
   assert both['accuracy'] == 7 / 8 and both['loss'] == 3.0 and both['loss_classification'] == 1.0
