@@ -1,12 +1,13 @@
 r"""Robustness table and accuracy-vs-noise curves across the runs of a sweep.
 
-  python scripts/robustness_report.py --root=runs/fusion \
+  python scripts/robustness_report.py --root=runs/fusion,runs/robustness \
       --variants=image_only,audio_only,late,concat,crossattn,bottleneck --reference=late
 
 Reads the latest `eval_robustness` record (crossmodal/evaluators.py, written by
-`python -m crossmodal.main ... --mode=eval` with `evals=robustness`) of every
-`<root>/<variant>/seed<k>/metrics.jsonl`, averages over seeds, and writes `<out>/robustness.md`
-and `<out>/robustness.png` (default out: root). Columns, all in %:
+`python -m crossmodal.main ... --mode=eval` with `evals=robustness`, or after training) of every
+`<root>/<variant>/seed<k>/metrics.jsonl` (the first root, of a comma-separated list, that has
+the variant), averages over seeds, and writes `<out>/robustness.md` and `<out>/robustness.png`
+(default out: the first root). Columns, all in %:
   clean               test accuracy without corruption
   missing <m>         accuracy with modality m hidden by the model's `present` mask
   <m> RR              relative robustness: area under accuracy vs noise level in [0, 1],
@@ -32,14 +33,18 @@ from crossmodal import evaluators
 from crossmodal import files
 
 
-def load_records(root: str, variant: str) -> list[dict[str, Any]]:
-  """The latest eval_robustness record of each seed<k> workdir of `variant`."""
-  out = []
-  for path in sorted(glob.glob(os.path.join(root, variant, 'seed*', 'metrics.jsonl'))):
-    records = [r for r in files.read_jsonl(path) if r['split'] == 'eval_robustness']
-    if records:
-      out.append(records[-1])
-  return out
+def load_records(roots: Sequence[str], variant: str) -> list[dict[str, Any]]:
+  """The latest eval_robustness record of each seed<k> workdir of `variant`, from the first
+  root that has any."""
+  for root in roots:
+    out = []
+    for path in sorted(glob.glob(os.path.join(root, variant, 'seed*', 'metrics.jsonl'))):
+      records = [r for r in files.read_jsonl(path) if r['split'] == 'eval_robustness']
+      if records:
+        out.append(records[-1])
+    if out:
+      return out
+  return []
 
 
 def _mean(values: Sequence[Any]) -> Any:
@@ -122,24 +127,27 @@ def plot(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str], 
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--root', required=True, help='sweep root holding <variant>/seed<k>/')
+  p.add_argument('--root', required=True,
+                 help='sweep root(s) holding <variant>/seed<k>/, comma-separated')
   p.add_argument('--variants', required=True, help='comma-separated, in table order')
   p.add_argument('--reference', default='late',
                  help="variant for effective robustness ('' for none; default late)")
   p.add_argument('--modalities', default='image,audio')
-  p.add_argument('--out', default='', help='output directory (default: --root)')
+  p.add_argument('--out', default='', help='output directory (default: the first root)')
   args = p.parse_args(argv)
   variants = [v for v in args.variants.split(',') if v]
   modalities = [m for m in args.modalities.split(',') if m]
+  roots = [r for r in args.root.split(',') if r]
   summaries, missing = {}, []
   for v in variants:
-    records = load_records(args.root, v)
+    records = load_records(roots, v)
     if records:
       summaries[v] = summarize(records)
     else:
       missing.append(v)
   if missing:
-    print(f'error: no eval_robustness record under {args.root}/{{{",".join(missing)}}}/seed*/; '
+    print(f'error: no eval_robustness record under {args.root} for {missing} '
+          '(<root>/<variant>/seed<k>/metrics.jsonl); '
           'run: python -m crossmodal.main --config=<the variant\'s config>,evals=robustness '
           '--workdir=<root>/<variant>/seed<k> --mode=eval', file=sys.stderr)
     return 2
@@ -147,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'error: --reference={args.reference} is not among --variants', file=sys.stderr)
     return 2
   text = table(summaries, modalities, args.reference or None)
-  out = args.out or args.root
+  out = args.out or roots[0]
   files.write_file(os.path.join(out, 'robustness.md'), text)
   plot(summaries, modalities, os.path.join(out, 'robustness.png'))
   print(text)

@@ -28,10 +28,10 @@ def test_table_and_plot(tmp_path, capsys):
                                   'missing_audio/accuracy': 0.3,
                                   'image_gaussian/accuracy': [clean, 0.5, 0.2],
                                   'image/relative_robustness': 0.4})
-  _write(root, 'image_only', 0, **{'clean/accuracy': 0.6,
+  _write(root + '/other', 'image_only', 0, **{'clean/accuracy': 0.6,
                                    'image_gaussian/accuracy': [0.6, 0.6, 0.6],
                                    'image/relative_robustness': 0.6})
-  assert report.main([f'--root={root}', '--variants=late,image_only']) == 0
+  assert report.main([f'--root={root},{root}/other', '--variants=late,image_only']) == 0
   text = open(os.path.join(root, 'robustness.md')).read()
   assert text == capsys.readouterr().out.split('written:')[0].rstrip('\n') + '\n'
   lines = text.splitlines()
