@@ -279,11 +279,12 @@ def collect_run(run: Run) -> dict[str, Any]:
         'num_params']
   except (FileNotFoundError, json.JSONDecodeError, KeyError):
     pass
-  for r in records:  # the latest record of each evaluator
-    if r['split'].startswith('eval_') and r['split'] not in _NOT_EVALUATORS:
-      name = r['split'][len('eval_'):]
-      row.update({f'{name}/{k}': v for k, v in r.items() if k not in ('step', 'split')
-                  and isinstance(v, (int, float)) and not isinstance(v, bool)})
+  latest = {r['split']: r for r in records  # the latest record of each evaluator
+            if r['split'].startswith('eval_') and r['split'] not in _NOT_EVALUATORS}
+  for split, r in latest.items():
+    row.update({f'{split[len("eval_"):]}/{k}': v for k, v in r.items()
+                if k not in ('step', 'split') and isinstance(v, (int, float))
+                and not isinstance(v, bool)})
   if row['status'] == 'done' and not chosen:
     row['status'], row['error'] = 'failed', 'finished without a test evaluation'
   return row

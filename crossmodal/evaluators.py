@@ -58,25 +58,41 @@ def evaluator_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
 
 
 def make_forward(model, variables_fn: Callable[[Any], Any], strategy):
-  """jit(state, batch, present) -> model outputs, replicated. `strategy` is a JitParallel on
-  the run's mesh whatever `train.parallel` is (checkpoints are replicated global arrays), and
-  `model` one built without a pmap axis."""
+  """forward_for(select, keep=(), attention=False) -> jit(state, batch, present) ->
+  {**select(outputs), 'label', 'mask', **batch[keep]}, replicated: every process fetches the
+  global batch, so multi-host evaluation sees every example once. Only what `select` picks
+  leaves the device. One compiled function per (select, keep, attention): callers reuse their
+  `select` across passes. `strategy` is a JitParallel on the run's mesh whatever
+  `train.parallel` is (checkpoints are replicated global arrays), and `model` one built
+  without a pmap axis."""
+  cache: dict[tuple, Callable] = {}
 
-  def forward(state, batch, present):
-    return model.apply(variables_fn(state), batch, present=present, train=False,
-                       return_attention=True)
-  return jax.jit(forward, in_shardings=(strategy.replicated, strategy.batch_sharding,
-                                        strategy.batch_sharding),
-                 out_shardings=strategy.replicated)
+  def forward_for(select: Callable[[dict], dict], keep: Sequence[str] = (),
+                  attention: bool = False) -> Callable:
+    key = (select, tuple(keep), attention)
+    if key not in cache:
+      def forward(state, batch, present):
+        out = model.apply(variables_fn(state), batch, present=present, train=False,
+                          return_attention=attention)
+        return {**select(out), **{k: batch[k] for k in ('label', 'mask', *keep)}}
+      cache[key] = jax.jit(forward, in_shardings=(strategy.replicated, strategy.batch_sharding,
+                                                  strategy.batch_sharding),
+                           out_shardings=strategy.replicated)
+    return cache[key]
+  return forward_for
 
 
 def outputs_over_split(run, state, split: str, select: Callable[[dict], dict[str, Any]],
                        transform: Callable[[dict, int], dict] | None = None,
                        present_fn: Callable[[int], np.ndarray] | None = None,
-                       max_examples: int = 0) -> dict[str, np.ndarray]:
-  """`select(outputs)` of every real example of `split`, concatenated on the host, with the
-  batch's `label` and the dataset order kept. transform(batch, batch_index) edits host
-  batches (noise); present_fn(batch_size) gives the modality mask."""
+                       max_examples: int = 0, keep: Sequence[str] = (),
+                       attention: bool = False) -> dict[str, np.ndarray]:
+  """`select(outputs)` (jax arrays -> dict of arrays, traced) of every real example of
+  `split`, with `label` and the batch keys in `keep`, concatenated on the host in dataset
+  order. transform(batch, batch_index) edits host batches (noise); present_fn(batch_size)
+  gives the modality mask."""
+  forward = run.evaluator_forward(select, keep, attention)
+  strategy = run.eval_strategy
   pipeline = run.batches(split)
   collected: dict[str, list[np.ndarray]] = {}
   seen = 0
@@ -84,19 +100,16 @@ def outputs_over_split(run, state, split: str, select: Callable[[dict], dict[str
     for i, batch in enumerate(pipeline):
       if max_examples and seen >= max_examples:
         break
-      mask = np.asarray(batch.pop('mask', np.ones(len(batch['label']), bool)), bool)
+      batch = {'mask': np.ones(len(batch['label']), bool), **batch}
       if transform is not None:
         batch = transform(batch, i)
       size = len(batch['label'])
       present = (np.ones((size, len(run.model.modalities)), bool) if present_fn is None
                  else present_fn(size))
-      strategy = run.eval_strategy
-      out = run.evaluator_forward(state, strategy.put_batch(batch),
-                                  strategy.put_batch({'p': present})['p'])
-      picked = select(out)
-      picked['label'] = batch['label']
-      for key, value in picked.items():
-        value = np.asarray(strategy.fetch(value) if key != 'label' else value)
+      out = forward(state, strategy.put_batch(batch), strategy.put_batch({'p': present})['p'])
+      got = {k: np.asarray(strategy.fetch(v)) for k, v in out.items()}
+      mask = got.pop('mask').astype(bool)
+      for key, value in got.items():
         collected.setdefault(key, []).append(value[mask])
       seen += int(mask.sum())
   finally:
@@ -141,6 +154,12 @@ def retrieval_summary(instance: np.ndarray, by_class: np.ndarray,
   return out
 
 
+def chance_class_recall(labels: np.ndarray) -> float:
+  """Class recall@1 of a random ranking: a random key shares a random query's class with
+  probability sum_c p_c^2 (0.1 for 10 balanced classes)."""
+  return float(np.sum((np.bincount(labels) / len(labels)) ** 2))
+
+
 def retrieval(run, state, options, workdir: str) -> dict[str, Any]:
   first, second = options.pair
   missing = [m for m in (first, second) if m not in run.model.modalities]
@@ -160,8 +179,7 @@ def retrieval(run, state, options, workdir: str) -> dict[str, Any]:
   got = outputs_over_split(run, state, options.split, select)
   labels = got['label']
   summary: dict[str, Any] = {'num_examples': int(len(labels)),
-                             'chance/class_recall@1': float(np.mean(
-                                 np.bincount(labels) / len(labels)))}
+                             'chance/class_recall@1': chance_class_recall(labels)}
   for a, b in ((first, second), (second, first)):
     instance, by_class = retrieval_ranks(got[a], got[b], labels, labels, options.block)
     summary.update({f'{a}_to_{b}/{k}': v for k, v in
@@ -233,10 +251,12 @@ def _pyplot():
 
 
 def _save(fig, workdir: str, name: str) -> str:
+  """Writes the picture from process 0 only (every process computed the same one)."""
   path = os.path.join(workdir, EVAL_DIR, name)
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format='png', dpi=120, bbox_inches='tight')
-  files.write_file(path, buffer.getvalue())
+  if jax.process_index() == 0:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=120, bbox_inches='tight')
+    files.write_file(path, buffer.getvalue())
   return path
 
 
@@ -247,9 +267,8 @@ def reconstruction(run, state, options, workdir: str) -> dict[str, Any]:
                      'config.objectives.reconstruction.weight > 0 and train')
   source, target, _ = decoder
   got = outputs_over_split(run, state, options.split,
-                           lambda out: {'decoded': out['reconstruction']})
-  # The real targets of the same examples (same ordered pass), for the class means.
-  targets = _targets_over_split(run, options.split, target).astype(np.float32) / 255.0
+                           lambda out: {'decoded': out['reconstruction']}, keep=(target,))
+  targets = got[target].astype(np.float32) / 255.0  # the real images, for the class means
   labels = got['label']
   classes = np.unique(labels)
   means = np.stack([targets[labels == c].mean(0) for c in classes])
@@ -281,15 +300,6 @@ def reconstruction(run, state, options, workdir: str) -> dict[str, Any]:
           'picture': path}
 
 
-def _targets_over_split(run, split: str, key: str) -> np.ndarray:
-  pipeline = run.batches(split)
-  try:
-    parts = [np.asarray(b[key])[np.asarray(b['mask'], bool)] for b in pipeline]
-  finally:
-    pipeline.close()
-  return np.concatenate(parts)
-
-
 def attention(run, state, options, workdir: str) -> dict[str, Any]:
   n = int(options.num_examples)
 
@@ -299,7 +309,7 @@ def attention(run, state, options, workdir: str) -> dict[str, Any]:
                        'attention maps (use crossattn, joint or bottleneck)')
     return {f'attn/{k}': v.mean(1) for k, v in out['attention'].items()}  # mean over heads
 
-  got = outputs_over_split(run, state, options.split, select, max_examples=n)
+  got = outputs_over_split(run, state, options.split, select, max_examples=n, attention=True)
   names = sorted(k for k in got if k.startswith('attn/'))
   plt = _pyplot()
   fig, axes = plt.subplots(n, len(names), figsize=(3 * len(names), 2.6 * n), squeeze=False)
@@ -342,21 +352,35 @@ def check_config(evaluators: Mapping[str, Any] | None, model) -> None:
                                 or not set(options.pair) <= set(modalities)):
       raise ValueError(f'config.evaluators.retrieval.pair={tuple(options.pair)}: needs two '
                        f'different modalities of {list(modalities)}')
-    if name == 'retrieval' and fusion_lib.uses_tokens(model.fusion.type) and not model.pooled:
+    attention_fusion = fusion_lib.uses_tokens(model.fusion.type)
+    if name == 'retrieval' and (int(options.block) < 1 or not options.ks
+                                or any(int(k) < 1 for k in options.ks)):
+      raise ValueError(f'config.evaluators.retrieval: block={options.block} and '
+                       f'ks={tuple(options.ks)} must be positive')
+    if name == 'retrieval' and attention_fusion and not model.pooled:
       raise ValueError(f'config.evaluators.retrieval: under fusion={model.fusion.type!r} the '
                        'encoders compute no pooled vector unless an embedding objective '
                        '(contrastive, reconstruction or aux_classification in '
                        'config.objectives) trains one')
     if name == 'robustness':
       levels = [float(l) for l in options.levels]
-      if not levels or levels[0] != 0.0 or levels != sorted(levels) or levels[-1] > 1.0:
+      if len(levels) < 2 or levels[0] != 0.0 or levels != sorted(levels) or levels[-1] != 1.0:
         raise ValueError(f'config.evaluators.robustness.levels={tuple(levels)}: must rise '
-                         'from 0 (clean) to at most 1')
+                         'from 0 (clean) to 1, so that areas under the curves compare')
       for m, kinds in options.noises.items():
         for kind in kinds:
           if kind not in noise_lib.NOISES.get(m, ()):
             raise ValueError(f'config.evaluators.robustness.noises.{m}: {kind!r}; valid '
                              f'choices: {noise_lib.NOISES.get(m, ())}')
+    if name == 'reconstruction' and model.decoder is None:
+      raise ValueError('config.evaluators.reconstruction: the model has no decoder; set '
+                       'config.objectives.reconstruction.weight > 0')
+    if name == 'attention' and not attention_fusion:
+      raise ValueError(f'config.evaluators.attention: fusion {model.fusion.type!r} has no '
+                       'attention maps (use crossattn, joint or bottleneck)')
+    for key in ('num_examples', 'per_class'):
+      if key in options and int(options[key]) < 1:
+        raise ValueError(f'config.evaluators.{name}.{key}={options[key]}: must be >= 1')
 
 
 def run_all(run, state, evaluators: Mapping[str, Any] | None, workdir: str

@@ -4,8 +4,12 @@
   aux_classification  mean cross-entropy of one linear head per modality on its pooled vector
   contrastive         align two modalities' pooled vectors: symmetric InfoNCE (CLIP: cosine
                       similarity times a learned inverse temperature) or a triplet margin loss;
-                      positives are the paired examples, or every same-class pair
-                      (`same_class_positives`)
+                      InfoNCE's positives are the paired examples, or every same-class pair
+                      (`same_class_positives`: uniform soft targets over them); the triplet
+                      hinge compares the paired example with each negative, and
+                      `same_class_positives` only removes same-class keys from the negatives.
+                      The hinge is averaged over all negatives, active or not, so its
+                      gradient per negative shrinks as the batch grows.
   reconstruction      decode one modality's pooled vector into the other's input (the model's
                       decoder; mean squared error on pixels in [0, 1])
 
@@ -13,7 +17,8 @@ Negatives are the global batch. Under jit the batch is one global array, so XLA 
 compares every example with every other across devices and hosts. Under pmap each device
 gathers the other devices' vectors (`lax.all_gather`) and scores its own queries against all
 of them; the gather's transpose sends each device's share of the gradient back, so the pmean'd
-gradient equals the single-device one (tests/test_objectives.py, on 8 devices).
+gradient equals the single-device one when every device holds the same number of real
+examples, as in training (tests/test_objectives.py, on 8 devices).
 
 Every objective returns (sum over this device's examples, their count), so training divides
 and evaluation accumulates over a whole split; padded eval examples (`mask` False) count
@@ -27,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from crossmodal.config_utils import CONTRASTIVE_LOSSES, OBJECTIVES  # pylint: disable=unused-import
+from crossmodal.config_utils import CONTRASTIVE_LOSSES, OBJECTIVES
 MAX_LOGIT_SCALE = 100.0  # CLIP clips the learned inverse temperature here
 _NEG = -1e9  # logit of a padded key
 

@@ -280,6 +280,7 @@ class _Run:
 
   @functools.cached_property
   def evaluator_forward(self) -> Callable:
+    """forward_for(select, keep, attention) -> jitted forward (evaluators.make_forward)."""
     from crossmodal import evaluators  # pylint: disable=g-import-not-at-top
     model = build_model(self.config, self.num_classes, axis_name=None)
     variables = lambda state: _variables(state.params, state.batch_stats)

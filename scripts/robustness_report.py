@@ -12,14 +12,14 @@ the variant), averages over seeds, and writes `<out>/robustness.md` and `<out>/r
   missing <m>         accuracy with modality m hidden by the model's `present` mask
   <m> RR              relative robustness: area under accuracy vs noise level in [0, 1],
                       averaged over m's noise kinds (MultiBench)
-  <m> ER              effective robustness against the reference variant (late fusion):
-                      the per-level gap between the curve and the reference's curve shifted to
-                      the same clean accuracy, summed over the noisy levels, averaged over kinds
+  <m> ER              effective robustness against the reference variant (late fusion), in
+                      points per level: MultiBench's sum over levels of the gap between the
+                      curve and the reference's curve shifted to the same clean accuracy,
+                      divided by the number of noisy levels, averaged over m's noise kinds
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import os
 import statistics
@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from crossmodal import evaluators
 from crossmodal import files
@@ -38,8 +39,8 @@ def load_records(roots: Sequence[str], variant: str) -> list[dict[str, Any]]:
   root that has any."""
   for root in roots:
     out = []
-    for path in sorted(glob.glob(os.path.join(root, variant, 'seed*', 'metrics.jsonl'))):
-      records = [r for r in files.read_jsonl(path) if r['split'] == 'eval_robustness']
+    for path in sorted((epath.Path(root) / variant).glob('seed*/metrics.jsonl')):
+      records = [r for r in files.read_jsonl(str(path)) if r['split'] == 'eval_robustness']
       if records:
         out.append(records[-1])
     if out:
@@ -77,6 +78,11 @@ def table(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str],
           reference: str | None) -> str:
   """The Markdown table of the module docstring."""
   ref = summaries.get(reference) if reference else None
+  if ref:
+    for name, s in summaries.items():
+      if s['levels'] != ref['levels']:
+        raise ValueError(f'{name} was evaluated at noise levels {s["levels"]}, the reference '
+                         f'{reference} at {ref["levels"]}: effective robustness needs the same')
   cells = lambda v: '-' if v is None else f'{100 * v:.2f}'
   head = (['variant', 'seeds', 'clean'] + [f'missing {m}' for m in modalities]
           + [f'{m} RR' for m in modalities] + ([f'{m} ER' for m in modalities] if ref else []))
@@ -89,7 +95,7 @@ def table(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str],
       for m in modalities:
         kinds = [k for k in _kinds(s, m) if f'{k}/accuracy' in ref]
         gaps = [evaluators.effective_robustness(s[f'{k}/accuracy'], ref[f'{k}/accuracy'])
-                for k in kinds]
+                / (len(s['levels']) - 1) for k in kinds]
         row.append(cells(float(np.mean(gaps)) if gaps else None))
     lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines) + '\n'
@@ -102,6 +108,9 @@ def plot(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str], 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   kinds = sorted({k for s in summaries.values() for m in modalities for k in _kinds(s, m)})
+  if not kinds:
+    raise ValueError('no accuracy-vs-noise curves in the records (config.evaluators.'
+                     'robustness.noises was empty)')
   cols = min(4, len(kinds))
   rows = -(-len(kinds) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
@@ -154,10 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.reference and args.reference not in summaries:
     print(f'error: --reference={args.reference} is not among --variants', file=sys.stderr)
     return 2
-  text = table(summaries, modalities, args.reference or None)
   out = args.out or roots[0]
+  try:
+    text = table(summaries, modalities, args.reference or None)
+    plot(summaries, modalities, os.path.join(out, 'robustness.png'))
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   files.write_file(os.path.join(out, 'robustness.md'), text)
-  plot(summaries, modalities, os.path.join(out, 'robustness.png'))
   print(text)
   print(f'written: {os.path.join(out, "robustness.md")}, robustness.png')
   return 0

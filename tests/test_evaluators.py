@@ -50,6 +50,16 @@ def test_retrieval_ranks_blocks_do_not_change_the_result():
       k / np.linalg.norm(k, axis=1, keepdims=True)).T
   want = [1 + sum(sims[i, j] >= sims[i, i] for j in range(50) if j != i) for i in range(50)]
   np.testing.assert_array_equal(whole[0], want)
+  # By class: position of the first same-class key, ties ordered non-hits first.
+  want = [1 + [labels[j] == labels[i] for j in sorted(
+      range(50), key=lambda j: (-sims[i, j], labels[j] == labels[i]))].index(True)
+          for i in range(50)]
+  np.testing.assert_array_equal(whole[1], want)
+
+
+def test_chance_class_recall():
+  assert evaluators.chance_class_recall(np.arange(10)) == pytest.approx(0.1)
+  assert evaluators.chance_class_recall(np.array([0, 0, 0, 1])) == pytest.approx(0.625)
 
 
 def test_robustness_summaries():
@@ -183,3 +193,14 @@ def test_evaluator_config_errors():
   bad = ml_collections.ConfigDict({'retrieval': evaluators.evaluator_config('retrieval')})
   with pytest.raises(ValueError, match='two different modalities'):
     evaluators.check_config(bad, text_model)
+  with pytest.raises(ValueError, match='must be positive'):
+    evaluators.check_config({'retrieval': evaluators.evaluator_config('retrieval', block=0)},
+                            model)
+  with pytest.raises(ValueError, match='from 0 \\(clean\\) to 1'):
+    evaluators.check_config({'robustness': evaluators.evaluator_config(
+        'robustness', levels=(0.0, 0.5))}, model)
+  with pytest.raises(ValueError, match='no decoder'):  # before training, not after it
+    evaluators.check_config({'reconstruction': evaluators.evaluator_config('reconstruction')},
+                            model)
+  with pytest.raises(ValueError, match='no attention maps'):
+    evaluators.check_config({'attention': evaluators.evaluator_config('attention')}, model)

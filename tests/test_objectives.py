@@ -1,6 +1,7 @@
 """Objectives: the contrastive losses against a direct NumPy computation, global negatives on
 8 simulated devices (pmap's all_gather and jit's sharded batch give the single-device loss and
-gradient), and the weighted combination in the train step."""
+gradient), the weighted combination (`objectives.total`, as the train and eval steps use it)
+and validation."""
 import json
 import os
 import subprocess
@@ -76,6 +77,7 @@ def test_reconstruction_error_scales_uint8_targets():
 def test_weights_and_validation():
   cfg = config_utils.objectives_config(classification=0.0, contrastive=1.0, reconstruction=0.5)
   assert objectives.active(cfg) == ('contrastive', 'reconstruction')
+  assert objectives.total(cfg, {'contrastive': 2.0, 'reconstruction': 4.0}) == 4.0
   assert objectives.weights(None) == {'classification': 1.0}
   base = config_utils.load_config_file(os.path.join(REPO, 'experiments', 'synthetic.py'))
   base.objectives = config_utils.objectives_config(classification=0.0)

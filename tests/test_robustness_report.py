@@ -39,8 +39,9 @@ def test_table_and_plot(tmp_path, capsys):
                       'audio RR | image ER | audio ER |')
   # late: mean curve [0.7, 0.5, 0.2]; its own effective robustness is 0.
   assert lines[2] == '| late | 2 | 70.00 | 50.00 | 30.00 | 40.00 | - | 0.00 | - |'
-  # image_only vs late shifted to 0.6: [0.6, 0.4, 0.1] -> gaps 0 + 0.2 + 0.5 = 0.7.
-  assert lines[3] == '| image_only | 1 | 60.00 | - | - | 60.00 | - | 70.00 | - |'
+  # image_only vs late shifted to 0.6: [0.6, 0.4, 0.1] -> gaps 0 + 0.2 + 0.5 = 0.7 over two
+  # noisy levels: 35 points per level.
+  assert lines[3] == '| image_only | 1 | 60.00 | - | - | 60.00 | - | 35.00 | - |'
   assert os.path.getsize(os.path.join(root, 'robustness.png')) > 1000
 
 
@@ -50,6 +51,12 @@ def test_missing_records_and_mismatched_levels(tmp_path, capsys):
   assert report.main([f'--root={root}', '--variants=late,concat']) == 2
   assert 'no eval_robustness record' in capsys.readouterr().err
   assert report.main([f'--root={root}', '--variants=late', '--reference=concat']) == 2
+  _write(root, 'coarse', 0, **{'clean/accuracy': 0.5})
+  record = files.read_jsonl(os.path.join(root, 'coarse', 'seed0', 'metrics.jsonl'))[-1]
+  files.write_file(os.path.join(root, 'coarse', 'seed0', 'metrics.jsonl'),
+                   json.dumps({**record, 'levels': [0.0, 1.0]}) + '\n')
+  assert report.main([f'--root={root}', '--variants=late,coarse']) == 2
+  assert 'needs the same' in capsys.readouterr().err
   with pytest.raises(ValueError, match='disagree on the noise levels'):
     report.summarize([{'levels': [0.0, 1.0], 'clean/accuracy': 0.5},
                       {'levels': [0.0, 0.5, 1.0], 'clean/accuracy': 0.5}])

@@ -1,7 +1,9 @@
 """Corruptions of one modality of host batches, for the robustness evaluator.
 
-Each noise is a function of a level in [0, 1]: 0 leaves the input unchanged and 1 destroys
-(or nearly destroys) the modality's information, so curves of different noises share an axis.
+Each noise is a function of a level in [0, 1]: 0 leaves the input unchanged and 1 is its
+strongest form, which destroys (or nearly destroys) the modality's information for every kind
+but rotation (a 180-degree turn: upside-down digits, information kept), so curves of different
+noises share an axis.
 
   image (uint8 pixels)
     gaussian     additive N(0, (level * 255)^2), clipped to 0..255
