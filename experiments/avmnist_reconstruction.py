@@ -14,8 +14,11 @@ is nearest to the mean image of its own class.
 Presets: weight=<float> (reconstruction loss weight, default 1), snr, subset, steps as in
 avmnist.py.
 
-Expected result (seed 0, 2000 steps, about 8 min on a 2-core CPU; docs/results.md): decoded
-TODO
+Expected result (seed 0, 2000 steps, about 6 min on one CPU core; docs/results.md, with the
+pictures): a decoded image is nearest to its own digit's mean image for 49.26% of the 10,000
+test recordings at -10 dB (chance 10%; the real test images score 82.29% by the same rule),
+mean squared error 0.0624 per pixel; the fused classifier reaches 99.19% test accuracy. With
+snr=clean the decoded digits are plainly readable: 96.97%, mse 0.0546.
 """
 import os
 

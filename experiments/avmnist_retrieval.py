@@ -12,8 +12,13 @@ AV-MNIST pairs an image and a recording only by their digit, so an instance-leve
 luck (about 1 in 1,000 same-digit candidates); recall by class is the measure, against a
 chance level of 10%.
 
-Expected result (seed 0, 2000 steps, about 8 min on a 2-core CPU; docs/results.md):
-  TODO
+Expected result (seed 0, 2000 steps, about 7 min on one CPU core; docs/results.md), recall@1
+by class over the 10,000 test examples, chance 10%:
+  labels=false  audio->image 40.61%  image->audio 46.45%  (median class rank 2 both ways)
+  labels=true   audio->image 44.64%  image->audio 47.53%  (median class rank 2 both ways)
+  loss=triplet  audio->image 40.58%  image->audio 46.78%  (median class rank 2 both ways)
+Instance recall@1 stays near its chance level of 0.01% (measured 0.01-0.07%): AV-MNIST pairs
+share only the digit.
 """
 import os
 

@@ -83,7 +83,7 @@ def table(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str],
       if s['levels'] != ref['levels']:
         raise ValueError(f'{name} was evaluated at noise levels {s["levels"]}, the reference '
                          f'{reference} at {ref["levels"]}: effective robustness needs the same')
-  cells = lambda v: '-' if v is None else f'{100 * v:.2f}'
+  cells = lambda v: '-' if v is None else f'{round(100 * v, 2) + 0.0:.2f}'  # no '-0.00'
   head = (['variant', 'seeds', 'clean'] + [f'missing {m}' for m in modalities]
           + [f'{m} RR' for m in modalities] + ([f'{m} ER' for m in modalities] if ref else []))
   lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
@@ -114,18 +114,22 @@ def plot(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str], 
   cols = min(4, len(kinds))
   rows = -(-len(kinds) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+  colours = {name: plt.get_cmap('tab10')(i % 10) for i, name in enumerate(summaries)}
   for ax, kind in zip(axes.ravel(), kinds):
-    for name, s in summaries.items():
+    for name, s in summaries.items():  # a variant keeps its colour in every panel
       if f'{kind}/accuracy' in s:
-        ax.plot(s['levels'], [100 * a for a in s[f'{kind}/accuracy']], marker='.', label=name)
+        ax.plot(s['levels'], [100 * a for a in s[f'{kind}/accuracy']], marker='.',
+                color=colours[name])
     ax.set_title(kind.replace('_', ' ', 1), fontsize=9)
     ax.set_xlabel('noise level')
     ax.set_ylabel('test accuracy (%)')
     ax.set_ylim(0, 100)
   for ax in axes.ravel()[len(kinds):]:
     ax.axis('off')
-  axes.ravel()[0].legend(fontsize='x-small')
-  fig.tight_layout()
+  fig.legend(handles=[matplotlib.lines.Line2D([], [], color=c, marker='.', label=n)
+                      for n, c in colours.items()],
+             loc='lower center', ncol=min(len(colours), 6), fontsize='small')
+  fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(colours) > 6), 1, 1))
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png', dpi=110)
   plt.close(fig)
