@@ -311,18 +311,38 @@ def attention(run, state, options, workdir: str) -> dict[str, Any]:
 
   got = outputs_over_split(run, state, options.split, select, max_examples=n, attention=True)
   names = sorted(k for k in got if k.startswith('attn/'))
+  n = min(n, len(got['label']))
   plt = _pyplot()
-  fig, axes = plt.subplots(n, len(names), figsize=(3 * len(names), 2.6 * n), squeeze=False)
+  fig, axes = plt.subplots(n, len(names), figsize=(3 * len(names), 3.0 * n), squeeze=False)
   for i in range(n):
     for j, name in enumerate(names):
       ax = axes[i, j]
       ax.imshow(got[name][i], aspect='auto', cmap='viridis')
       ax.set_title(f'{name[5:]} (label {got["label"][i]})', fontsize=7)
-      ax.set_xlabel('key token', fontsize=6)
-      ax.set_ylabel('query token', fontsize=6)
+      queries, keys = _token_axes(name[5:])
+      ax.set_xlabel(f'{keys} token (key)', fontsize=6)
+      ax.set_ylabel(f'{queries} token (query)', fontsize=6)
+      ax.tick_params(labelsize=5)
+  fig.tight_layout()
   path = _save(fig, workdir, 'attention.png')
   plt.close(fig)
   return {'num_examples': n, 'maps': len(names), 'picture': path}
+
+
+def _token_axes(name: str) -> tuple[str, str]:
+  """(query, key) axis names of an attention map (names from fusion.py): crossattn's
+  'cross_0/audio->image' has image queries and audio keys, 'self_0/image' image on both;
+  bottleneck's 'layer_1/audio' audio tokens, then the bottleneck tokens in fused layers;
+  joint's 'layer_0' every modality's tokens in turn."""
+  if '/' not in name:
+    return 'all modalities', 'all modalities'
+  what = name.split('/', 1)[1]
+  if '->' in what:
+    source, target = what.split('->', 1)
+    return target, source
+  if name.startswith('layer_'):
+    return f'{what} (+ bottleneck)', f'{what} (+ bottleneck)'
+  return what, what
 
 
 EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -179,6 +179,14 @@ def test_attention_maps_and_pooled_vectors_under_crossattn(tmp_path):
     train.check_buildable(config)
 
 
+def test_attention_axes_follow_the_fusion_names():
+  # crossattn: 'source->target', the target's tokens are the queries (models/fusion.py).
+  assert evaluators._token_axes('cross_1/audio->image') == ('image', 'audio')
+  assert evaluators._token_axes('self_0/audio') == ('audio', 'audio')
+  assert evaluators._token_axes('layer_0/image') == ('image (+ bottleneck)',) * 2
+  assert evaluators._token_axes('layer_0') == ('all modalities',) * 2
+
+
 def test_evaluator_config_errors():
   config = _tiny_config()
   model = train.build_model(config, 10, None)
