@@ -183,7 +183,8 @@ def _report(what: str, metrics: dict) -> None:
   """One readable summary line per split on the console (details are in metrics.jsonl)."""
   logging.info('%s', what)
   for split, m in metrics.items():
-    summary = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}
+    summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()
+               if (isinstance(v, (int, float)) and not isinstance(v, bool)) or k == 'picture'}
     print(f'{what}: {split}: {json.dumps(summary)}', flush=True)
 
 
