@@ -140,7 +140,9 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
     elif name == 'contrastive':
       c = cfg.contrastive
       first, second = c.pair
-      scale = out['logit_scale'] if c.learn_temperature else 1.0 / c.temperature
+      # The triplet loss has no temperature (and the model no logit_scale for it).
+      learned = c.learn_temperature and c.loss == 'infonce'
+      scale = out['logit_scale'] if learned else 1.0 / c.temperature
       losses[name] = contrastive(
           out['embeddings'][first], out['embeddings'][second], loss=c.loss, scale=scale,
           margin=c.margin, labels=labels, same_class_positives=c.same_class_positives,

@@ -180,3 +180,25 @@ def test_global_negatives_on_8_devices():
     np.testing.assert_allclose([r['jit'], r['pmap']], [r['ref']] * 2, rtol=1e-5, err_msg=name)
     assert r['jit_grad'] < 1e-5 * max(1.0, r['grad_scale']), (name, r)
     assert r['pmap_grad'] < 1e-5 * max(1.0, r['grad_scale']), (name, r)
+
+
+@pytest.mark.parametrize('loss', ['infonce', 'triplet'])
+def test_model_and_loss_for_each_contrastive_loss(loss):
+  """The model's heads and `compute` agree for both losses under the default config
+  (learn_temperature=True): the triplet loss has no temperature, so the model makes no
+  logit_scale for it and `compute` must not ask for one."""
+  from crossmodal.models import model as model_lib  # pylint: disable=import-outside-toplevel
+  config = config_utils.load_config_file(
+      os.path.join(REPO, 'experiments', 'synthetic.py') + ':size=tiny')
+  cfg = config_utils.objectives_config(classification=0.0, contrastive=1.0)
+  cfg.contrastive.loss = loss
+  model = model_lib.build_model(config.model, 4, objectives=cfg)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (6, 16, 16, 1)).astype(np.uint8),
+           'audio': rng.normal(size=(6, 800)).astype(np.float32),
+           'label': np.arange(6, dtype=np.int32) % 4}
+  variables = model.init(jax.random.PRNGKey(0), batch)
+  out = model.apply(variables, batch)
+  assert ('logit_scale' in out) == (loss == 'infonce')
+  s, c = objectives.compute(cfg, out, batch)['contrastive']
+  assert c == 6 and np.isfinite(s) and s > 0
