@@ -6,7 +6,10 @@ pictures go to `<workdir>/eval/`.
   retrieval       cosine similarity between two modalities' pooled vectors over a whole
                   split, ranked in blocks (memory stays [block, N]): recall@1/5/10 and median
                   rank in both directions, a hit counted by instance (the paired example)
-                  and by class (any example of the query's class)
+                  and by class (any example of the query's class); for text and image,
+                  optionally a PNG of the top-5 images for a few text queries
+  zero_shot       classify images by the cosine similarity of their pooled vector to the
+                  text vectors of the class names (CLIP's zero-shot classification)
   robustness      accuracy with each modality missing (the model's `present` mask), and as
                   noise grows on each modality (NOISES, levels in [0, 1]), with the relative
                   robustness of each curve (area under accuracy vs level, MultiBench);
@@ -40,7 +43,9 @@ LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 def evaluator_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
   """Default options of evaluator `name`."""
   defaults = {
-      'retrieval': dict(split='test', pair=('audio', 'image'), ks=(1, 5, 10), block=1024),
+      'retrieval': dict(split='test', pair=('audio', 'image'), ks=(1, 5, 10), block=1024,
+                        picture_queries=0),
+      'zero_shot': dict(split='test', template='{}'),
       'robustness': dict(split='test', levels=LEVELS, max_examples=0, seed=0,
                          noises=ml_collections.ConfigDict(
                              {m: tuple(kinds) for m, kinds in noise_lib.NOISES.items()})),
@@ -174,17 +179,105 @@ def retrieval(run, state, options, workdir: str) -> dict[str, Any]:
                        f'{absent} (conv encoders under an attention fusion stop at their token '
                        'stage); train with an embedding objective, e.g. '
                        '--config.objectives.contrastive.weight=1')
-    return {first: out['embeddings'][first], second: out['embeddings'][second]}
+    return {f'vector/{m}': out['embeddings'][m] for m in (first, second)}
 
-  got = outputs_over_split(run, state, options.split, select)
+  picture = int(options.get('picture_queries', 0)) > 0
+  got = outputs_over_split(run, state, options.split, select,
+                           keep=('image', 'text') if picture else ())
   labels = got['label']
   summary: dict[str, Any] = {'num_examples': int(len(labels)),
                              'chance/class_recall@1': chance_class_recall(labels)}
   for a, b in ((first, second), (second, first)):
-    instance, by_class = retrieval_ranks(got[a], got[b], labels, labels, options.block)
+    instance, by_class = retrieval_ranks(got[f'vector/{a}'], got[f'vector/{b}'], labels, labels,
+                                         options.block)
     summary.update({f'{a}_to_{b}/{k}': v for k, v in
                     retrieval_summary(instance, by_class, options.ks).items()})
+  if picture:
+    summary['picture'] = _top_images_picture(got, int(options.picture_queries), workdir)
   return summary
+
+
+def _top_images_picture(got: Mapping[str, np.ndarray], num_queries: int, workdir: str,
+                        k: int = 5) -> str:
+  """PNG: for text queries spread over the split, the query's own image, then the k images
+  ranked first (a green frame marks the query's own image among them)."""
+  from crossmodal.models import text as text_lib  # pylint: disable=import-outside-toplevel
+  queries = np.linspace(0, len(got['label']) - 1, num_queries).round().astype(int)
+  sim = _unit(got['vector/text'][queries]) @ _unit(got['vector/image']).T
+  plt = _pyplot()
+  fig, axes = plt.subplots(num_queries, k + 1, figsize=(1.3 * (k + 1), 1.5 * num_queries),
+                           squeeze=False)
+  for row, q in enumerate(queries):
+    top = np.argsort(-sim[row], kind='stable')[:k]
+    axes[row, 0].imshow(got['image'][q])
+    axes[row, 0].set_title(text_lib.decode(got['text'][q])[:28], fontsize=6)
+    for col, j in enumerate(top):
+      ax = axes[row, col + 1]
+      ax.imshow(got['image'][j])
+      ax.set_title(f'#{col + 1}', fontsize=6)
+      if j == q:
+        for spine in ax.spines.values():
+          spine.set(color='tab:green', linewidth=2.5)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.suptitle('text query (its own image) -> top-5 images', fontsize=8)
+  path = _save(fig, workdir, 'retrieval_text_to_image.png')
+  plt.close(fig)
+  return path
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# ----------------------------------------------------------------------------- zero-shot
+
+
+def _text_vectors(run, state, ids: np.ndarray, split: str) -> np.ndarray:
+  """Pooled text vectors [N, D] of token ids [N, L]: one padded global batch through the
+  evaluator forward (the other modalities are zeros; encoders do not see each other)."""
+  example = run.source(split)[0]
+  n, devices, processes = len(ids), jax.device_count(), jax.process_count()
+  size = -(-n // devices) * devices
+  batch = {m: np.zeros((size,) + np.shape(example[m]), np.asarray(example[m]).dtype)
+           for m in run.model.modalities}
+  batch['text'] = np.zeros((size, ids.shape[1]), np.int32)
+  batch['text'][:n] = ids
+  batch['label'] = np.zeros(size, np.int32)
+  batch['mask'] = np.arange(size) < n
+  local = size // processes
+  rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+  forward = run.evaluator_forward(_select_text)
+  strategy = run.eval_strategy
+  present = np.ones((local, len(run.model.modalities)), bool)
+  out = forward(state, strategy.put_batch({k: v[rows] for k, v in batch.items()}),
+                strategy.put_batch({'p': present})['p'])
+  return np.asarray(strategy.fetch(out['text']))[:n]
+
+
+def _select_text(out):
+  return {'text': out['embeddings']['text']}
+
+
+def _select_image(out):
+  return {'image': out['embeddings']['image']}
+
+
+def zero_shot(run, state, options, workdir: str) -> dict[str, Any]:
+  from crossmodal.data import datasets  # pylint: disable=import-outside-toplevel
+  names = datasets.dataset_info(run.config.data).class_names
+  ids = datasets.class_name_tokens(run.config.data, [options.template.format(n) for n in names])
+  classes = _text_vectors(run, state, ids, options.split)
+  got = outputs_over_split(run, state, options.split, _select_image)
+  order = np.argsort(-(_unit(got['image']) @ _unit(classes).T), axis=1, kind='stable')
+  labels = got['label']
+  counts = np.bincount(labels, minlength=len(names))
+  return {'num_examples': int(len(labels)), 'num_classes': len(names),
+          'accuracy': float(np.mean(order[:, 0] == labels)),
+          'top5_accuracy': float(np.mean((order[:, :5] == labels[:, None]).any(1))),
+          # A classifier that always answers the most common test class.
+          'majority_class/accuracy': float(counts.max() / len(labels))}
 
 
 # ----------------------------------------------------------------------------- robustness
@@ -347,6 +440,7 @@ def _token_axes(name: str) -> tuple[str, str]:
 
 EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
     'retrieval': retrieval,
+    'zero_shot': zero_shot,
     'robustness': robustness,
     'reconstruction': reconstruction,
     'attention': attention,
@@ -382,6 +476,20 @@ def check_config(evaluators: Mapping[str, Any] | None, model) -> None:
                        'encoders compute no pooled vector unless an embedding objective '
                        '(contrastive, reconstruction or aux_classification in '
                        'config.objectives) trains one')
+    queries = int(options.get('picture_queries', 0)) if name == 'retrieval' else 0
+    if queries < 0 or (queries and set(options.pair) != {'image', 'text'}):
+      raise ValueError(f'config.evaluators.retrieval.picture_queries={queries}: must be >= 0, '
+                       'and pictures need pair=(text, image)')
+    if name == 'zero_shot':
+      if not {'image', 'text'} <= set(modalities):
+        raise ValueError(f'config.evaluators.zero_shot: needs image and text modalities, the '
+                         f'model has {list(modalities)}')
+      if attention_fusion and not model.pooled:
+        raise ValueError('config.evaluators.zero_shot: under an attention fusion the encoders '
+                         'compute no pooled vector unless an embedding objective trains one')
+      if options.template.count('{}') != 1:
+        raise ValueError(f'config.evaluators.zero_shot.template={options.template!r}: needs '
+                         "exactly one '{}' for the class name")
     if name == 'robustness':
       levels = [float(l) for l in options.levels]
       if len(levels) < 2 or levels[0] != 0.0 or levels != sorted(levels) or levels[-1] != 1.0:

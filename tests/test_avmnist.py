@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
 
-from crossmodal.data import avmnist, sources
+from crossmodal.data import avmnist, sources, tfds_formats
 
 N = 40  # examples per split in the subset builds
 SNR_DB = 3.0
@@ -455,7 +455,7 @@ def test_failure_while_writing_leaves_nothing_loadable(tmp_path, manual_dir, mon
         seen.extend(tmp_path.rglob("*.array_record-*"))
         raise RuntimeError("tfrecord step failed")
 
-    monkeypatch.setattr(avmnist, "_add_tfrecord_copy", fail_after_records)
+    monkeypatch.setattr(tfds_formats, "add_tfrecord_copy", fail_after_records)
     cfg2 = avmnist.avmnist_config(image="clean", max_examples_per_split=8)
     with pytest.raises(RuntimeError, match="tfrecord step failed"):
         _build(tmp_path, cfg2, manual_dir, write_tfrecord=True)

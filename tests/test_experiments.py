@@ -36,6 +36,8 @@ def shorten(config, tfds_dir):
   if config.data.name == 'avmnist':
     config.data.builder_config = f'{config.data.builder_config}_n{SUBSET}'
     config.data.data_dir = str(tfds_dir)
+  elif config.data.name == 'emoji':  # small enough to build whole (about 10 s)
+    config.data.data_dir = str(tfds_dir)
   elif config.data.name == 'synthetic':
     config.data.synthetic.update(num_train=64, num_validation=16, num_test=16)
   return config
@@ -55,14 +57,20 @@ def test_default_config_is_valid_and_documented(path):
   config_utils.validate(config, device_count=1, process_count=1)
 
 
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  """One data_dir for the module: configs that share a dataset variant build it once."""
+  return tmp_path_factory.mktemp('tfds')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('path', EXPERIMENTS, ids=os.path.basename)
-def test_experiment_trains_a_few_steps(path, tmp_path_factory):
+def test_experiment_trains_a_few_steps(path, tmp_path_factory, tfds_dir):
   config = load(path).get_config()
-  if config.data.name == 'avmnist' and sources.resolve_manual_dir() is None:
-    pytest.fail(f'AV-MNIST sources not found at {sources.default_shared_dir()} '
+  if config.data.name in ('avmnist', 'emoji') and sources.resolve_manual_dir() is None:
+    pytest.fail(f'Data sources not found at {sources.default_shared_dir()} '
                 f'(or ${sources.ENV_VAR}); they are required for this test')
-  config = shorten(config, tmp_path_factory.mktemp('tfds'))
+  config = shorten(config, tfds_dir)
   workdir = str(tmp_path_factory.mktemp('run') / 'w')
   result = train.train_and_evaluate(config, workdir)
   assert result.step == 2
@@ -72,6 +80,11 @@ def test_experiment_trains_a_few_steps(path, tmp_path_factory):
   for split in config.train.eval_splits:
     assert result.metrics[split]['num_examples'] > 0
     assert np.isfinite(result.metrics[split]['loss'])
+  if config.get('evaluators'):  # as `--mode=train_and_eval` does after training
+    train.evaluate(config, workdir, 'latest')
+  evaluated = {r['split'] for r in files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))}
+  for name in config.get('evaluators', {}):  # every configured evaluator ran and recorded
+    assert f'eval_{name}' in evaluated, (name, sorted(evaluated))
 
 
 @pytest.mark.parametrize('fusion', sorted(fusion_lib.FUSIONS))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import re
 from collections.abc import Mapping
 
@@ -25,6 +24,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from crossmodal.data import sources
+from crossmodal.data import tfds_formats
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
@@ -290,14 +290,6 @@ def split_images(mnist: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray,
 # ----------------------------------------------------------------------------- builder
 
 
-def _tensorflow_available() -> bool:
-    try:
-        import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-        return False
-    return True
-
-
 class Avmnist(tfds.core.GeneratorBasedBuilder):
     """AV-MNIST: MNIST images paired with same-digit FSDD recordings (see module docstring)."""
 
@@ -345,7 +337,7 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
         """As TFDS's, but remembers `download_config.manual_dir` (see `sources.resolve_manual_dir`).
 
         Records are written as array_record (random access, no TensorFlow needed); a tfrecord
-        copy is added afterwards (`_add_tfrecord_copy`).
+        copy is added afterwards (`tfds_formats.add_tfrecord_copy`).
         """
         self._manual_dir = download_config.manual_dir if download_config is not None else None
         kwargs["file_format"] = file_format or "array_record"
@@ -361,7 +353,7 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
                 f"`python scripts/prepare_data.py --config {self.builder_config.name} --data_dir "
                 f"{self.data_dir_root}` or call crossmodal.data.avmnist.get_data_source(...), which prepares."
             )
-        _restore_alternative_formats(self.info)
+        tfds_formats.restore_alternative_formats(self.info)
         return super().as_data_source(*args, **kwargs)
 
     def _split_generators(self, dl_manager):
@@ -427,45 +419,9 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, download_config):
         super()._download_and_prepare(dl_manager, download_config)
-        write = _tensorflow_available() if self._write_tfrecord is None else self._write_tfrecord
+        write = tfds_formats.tensorflow_available() if self._write_tfrecord is None else self._write_tfrecord
         if write:
-            _add_tfrecord_copy(self.info)
-
-
-def _add_tfrecord_copy(info: tfds.core.DatasetInfo) -> None:
-    """Writes each array_record shard again as tfrecord (same serialized examples).
-
-    tfrecord becomes the primary format (what tfds.load / as_dataset read) and array_record
-    the alternative that tfds.data_source picks, so both work on one prepared directory.
-    TFDS's own converter (tfds convert_format) needs apache_beam, which we do not install.
-    """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-
-    for split_info in info.splits.values():
-        tf_template = split_info.filename_template.replace(filetype_suffix="tfrecord")
-        for src, dst in zip(split_info.filepaths, tf_template.sharded_filepaths(split_info.num_shards)):
-            reader = array_record_module.ArrayRecordReader(os.fspath(src))
-            try:
-                records = reader.read_all()
-            finally:
-                reader.close()
-            with tf.io.TFRecordWriter(os.fspath(dst)) as writer:
-                for record in records:
-                    writer.write(record)
-    info.set_file_format("tfrecord", override=True, override_if_initialized=True)
-    info.add_alternative_file_format("array_record")
-
-
-def _restore_alternative_formats(info: tfds.core.DatasetInfo) -> None:
-    """Works around TFDS 4.9.10: a builder restored from disk keeps `alternativeFileFormats`
-    only in its proto, so `available_file_formats()` misses the array_record copy and
-    `as_data_source` refuses a dataset whose primary format is tfrecord."""
-    known = info.alternative_file_formats  # the live list behind available_file_formats()
-    for value in info.as_proto.alternative_file_formats:
-        fmt = tfds.core.FileFormat(value)
-        if fmt not in known:
-            known.append(fmt)
+            tfds_formats.add_tfrecord_copy(self.info)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -6,16 +6,19 @@ modules are imported lazily: the AV-MNIST builder pulls in tensorflow_datasets, 
 synthetic data do not need.
 
 Config fields read: `name`; for 'avmnist' `builder_config` (default 'pca'), `data_dir`,
-`manual_dir`; for 'synthetic' the optional sub-config `synthetic` (fields of
-`synthetic.SyntheticParams`, defaults when absent).
+`manual_dir`; for 'emoji' the same three (default 'held_out_twitter') and `label`,
+`text_fields`, `text_length`, `lowercase`, `image_size` (emoji.ModelExamples); for 'synthetic'
+the optional sub-config `synthetic` (fields of `synthetic.SyntheticParams`, defaults when
+absent).
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 AVMNIST_MODALITIES = ('image', 'audio')
+EMOJI_MODALITIES = ('image', 'text')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +28,7 @@ class DatasetInfo:
   num_classes: int
   modalities: tuple[str, ...]
   split_sizes: Mapping[str, int]
+  class_names: tuple[str, ...] = ()  # what zero-shot classification embeds; () if unnamed
 
 
 def _get(data_config, key: str, default: Any = None) -> Any:
@@ -53,7 +57,48 @@ def _avmnist_info(data_config) -> DatasetInfo:
         '(config.data.data_dir): open a split with get_source first or run '
         'scripts/prepare_data.py')
   num_classes = builder.info.features['label'].num_classes
-  return DatasetInfo('avmnist', num_classes, AVMNIST_MODALITIES, splits)
+  return DatasetInfo('avmnist', num_classes, AVMNIST_MODALITIES, splits,
+                     tuple(builder.info.features['label'].names))
+
+
+def _emoji_options(data_config) -> dict[str, Any]:
+  return dict(label=_get(data_config, 'label', 'category'),
+              text_fields=tuple(_get(data_config, 'text_fields', ('name',))),
+              text_length=int(_get(data_config, 'text_length', 64)),
+              lowercase=bool(_get(data_config, 'lowercase', True)),
+              image_size=int(_get(data_config, 'image_size', 64)))
+
+
+def _emoji_source(data_config, split: str):
+  from crossmodal.data import emoji  # pylint: disable=import-outside-toplevel
+  source = emoji.get_data_source(split, config=_get(data_config, 'builder_config',
+                                                    'held_out_twitter'),
+                                 data_dir=_get(data_config, 'data_dir'),
+                                 manual_dir=_get(data_config, 'manual_dir'))
+  return emoji.ModelExamples(source, **_emoji_options(data_config))
+
+
+def _emoji_info(data_config) -> DatasetInfo:
+  from crossmodal.data import emoji  # pylint: disable=import-outside-toplevel
+  builder = emoji.get_builder(_get(data_config, 'builder_config', 'held_out_twitter'),
+                              data_dir=_get(data_config, 'data_dir'))
+  splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+  if not splits:
+    raise FileNotFoundError(
+        f'emoji/{builder.builder_config.name} is not prepared in data_dir='
+        f'{_get(data_config, "data_dir")!r}: open a split with get_source first')
+  names = builder.info.features[_emoji_options(data_config)['label']].names
+  return DatasetInfo('emoji', len(names), EMOJI_MODALITIES, splits, tuple(names))
+
+
+def class_name_tokens(data_config, names: Sequence[str]) -> Any:
+  """Texts (e.g. class names) as the dataset's text ids [len(names), L], tokenised exactly
+  as its captions are (zero-shot classification compares the two)."""
+  if _get(data_config, 'name') != 'emoji':
+    raise ValueError(f'config.data.name={_get(data_config, "name")!r} has no text captions to '
+                     'match class names against (zero-shot classification needs emoji)')
+  from crossmodal.data import emoji  # pylint: disable=import-outside-toplevel
+  return emoji.ModelExamples([], **_emoji_options(data_config)).encode(list(names))
 
 
 def _synthetic_source(data_config, split: str):
@@ -70,6 +115,7 @@ def _synthetic_info(data_config) -> DatasetInfo:
 
 _DATASETS: dict[str, tuple[Callable[[Any, str], Any], Callable[[Any], DatasetInfo]]] = {
     'avmnist': (_avmnist_source, _avmnist_info),
+    'emoji': (_emoji_source, _emoji_info),
     'synthetic': (_synthetic_source, _synthetic_info),
 }
 DATASET_NAMES = tuple(_DATASETS)
@@ -90,6 +136,12 @@ def check_config(data_config) -> tuple[str, ...]:
     from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
     avmnist.resolve_config(_get(data_config, 'builder_config', 'pca'))
     return AVMNIST_MODALITIES
+  if _get(data_config, 'name') == 'emoji':
+    from crossmodal.data import emoji  # pylint: disable=import-outside-toplevel
+    emoji.resolve_config(_get(data_config, 'builder_config', 'held_out_twitter'))
+    emoji.check_options(**{k: v for k, v in _emoji_options(data_config).items()
+                           if k != 'lowercase'})
+    return EMOJI_MODALITIES
   return _synthetic_info(data_config).modalities
 
 

@@ -111,8 +111,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_files(files: Mapping[str, Path], table: Mapping[str, tuple[int, str]], where: str) -> None:
-    """Checks size and sha256 of each file against the table; one error listing every bad file."""
+def verify_files(files: Mapping[str, Path], table: Mapping[str, tuple[int, str]], where: str,
+                 dataset: str = "AV-MNIST", origin: str | None = None) -> None:
+    """Checks size and sha256 of each file against the table; one error listing every bad file.
+
+    `origin` says where intact copies come from (AV-MNIST: the MNIST idx files, FSDD v1.0.10).
+    """
     bad = []
     for rel, path in sorted(files.items()):
         size, digest = table[rel]
@@ -122,16 +126,16 @@ def verify_files(files: Mapping[str, Path], table: Mapping[str, tuple[int, str]]
         elif (actual := sha256_file(path)) != digest:
             bad.append(f"{path}: sha256 {actual}, expected {digest}")
     if bad:
+        origin = origin or f"MNIST from the original idx files, FSDD from release v{FSDD_VERSION}"
         raise SourceError(
-            f"{len(bad)} corrupt AV-MNIST source file(s) in {where}:\n  "
-            + "\n  ".join(_head(bad))
-            + "\nReplace them with intact copies (MNIST from the original idx files, FSDD from "
-            f"release v{FSDD_VERSION}); to build from deliberately modified sources pass "
-            "verify_checksums=False."
+            f"{len(bad)} corrupt {dataset} source file(s) in {where}:\n  "
+            + "\n  ".join(first_items(bad))
+            + f"\nReplace them with intact copies ({origin}); to build from deliberately "
+            "modified sources pass verify_checksums=False."
         )
 
 
-def _head(items: list[str], n: int = 10) -> list[str]:
+def first_items(items: list[str], n: int = 10) -> list[str]:
     return items[:n] + ([f"... and {len(items) - n} more"] if len(items) > n else [])
 
 
@@ -162,7 +166,7 @@ def locate_manual_sources(manual_dir: str | os.PathLike, *, verify_checksums: bo
     if missing:
         raise SourceError(
             f"AV-MNIST sources incomplete in {root}: {len(missing)} missing:\n  "
-            + "\n  ".join(_head(missing))
+            + "\n  ".join(first_items(missing))
             + f"\n{LAYOUT_HELP}"
         )
     if verify_checksums:
@@ -201,7 +205,7 @@ def download_sources(dl_manager, *, verify_checksums: bool = True) -> SourcePath
         if missing:
             raise SourceError(
                 f"FSDD archive {FSDD_URL} extracted to {candidates[0]} lacks {len(missing)} "
-                f"recording(s): {', '.join(_head(missing))}"
+                f"recording(s): {', '.join(first_items(missing))}"
             )
         recordings = {aid: recordings[aid] for aid in sorted(expected)}
         files = {f"{MNIST_SUBDIR}/{name}": mnist[key] for key, name in MNIST_FILES.items()}

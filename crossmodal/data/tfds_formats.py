@@ -1,0 +1,55 @@
+"""Both TFDS file formats from one prepared directory, for every builder of ours.
+
+Builders write array_record (random access: what `tfds.data_source` and grain read, no
+TensorFlow needed) and, when TensorFlow imports, a tfrecord copy of the same serialized
+examples, so `tfds.load` works on the same directory.
+"""
+from __future__ import annotations
+
+import os
+
+import tensorflow_datasets as tfds
+
+
+def tensorflow_available() -> bool:
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def add_tfrecord_copy(info: tfds.core.DatasetInfo) -> None:
+  """Writes each array_record shard again as tfrecord (same serialized examples).
+
+  tfrecord becomes the primary format (what tfds.load / as_dataset read) and array_record
+  the alternative that tfds.data_source picks, so both work on one prepared directory.
+  TFDS's own converter (tfds convert_format) needs apache_beam, which we do not install.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  for split_info in info.splits.values():
+    tf_template = split_info.filename_template.replace(filetype_suffix="tfrecord")
+    for src, dst in zip(split_info.filepaths, tf_template.sharded_filepaths(split_info.num_shards)):
+      reader = array_record_module.ArrayRecordReader(os.fspath(src))
+      try:
+        records = reader.read_all()
+      finally:
+        reader.close()
+      with tf.io.TFRecordWriter(os.fspath(dst)) as writer:
+        for record in records:
+          writer.write(record)
+  info.set_file_format("tfrecord", override=True, override_if_initialized=True)
+  info.add_alternative_file_format("array_record")
+
+
+def restore_alternative_formats(info: tfds.core.DatasetInfo) -> None:
+  """Works around TFDS 4.9.10: a builder restored from disk keeps `alternativeFileFormats`
+  only in its proto, so `available_file_formats()` misses the array_record copy and
+  `as_data_source` refuses a dataset whose primary format is tfrecord."""
+  known = info.alternative_file_formats  # the live list behind available_file_formats()
+  for value in info.as_proto.alternative_file_formats:
+    fmt = tfds.core.FileFormat(value)
+    if fmt not in known:
+      known.append(fmt)

@@ -1,0 +1,90 @@
+r"""Emoji (image + name): classify an emoji's category (10) or subcategory (99) from its picture,
+its name, or both fused.
+
+Run (CPU; the first run builds the dataset from ../shared/data/emoji into ~/tensorflow_datasets,
+about 20 s):
+
+  python -m crossmodal.main --config=experiments/emoji.py --workdir=runs/emoji
+
+Presets (after ':', comma-separated), e.g. --config=experiments/emoji.py:label=subcategory:
+  fusion=<type>         any fusion in crossmodal/models/fusion.py (default concat)
+  modalities=image+text | image | text   (single-modality baselines)
+  label=category|subcategory
+  split=held_out_twitter | held_out_google | twitter_to_google | google_to_twitter
+                        (crossmodal/data/emoji.py: held-out concepts, or train on one drawing
+                        style and test on the other)
+  text=name | name+short_names            what the caption holds
+  image_size=32|64|16   images are 64x64; 32 (2x2 mean) keeps CPU runs short
+  steps=<n>             training steps (default 800: about 38 epochs of the 1340 training
+                        entries at batch 64)
+  evals=<a>+<b>         evaluators after training (crossmodal/evaluators.py)
+
+The held-out split tests generalisation to unseen entries of seen subcategories; on the
+cross-style splits the test names are the training names, so text alone identifies a test
+entry and only the image side is being measured (docs/results.md).
+
+Expected results (test accuracy at the best validation checkpoint, held_out_twitter, seeds 0-2,
+about 2 min per run on one CPU core; docs/results.md, `python scripts/ablate.py
+--config=experiments/emoji.py --sweep=experiments/sweeps/emoji.py --seeds=3 --root=runs/emoji`):
+  see the emoji table in docs/results.md (category: image+text concat vs image and text alone).
+"""
+import ml_collections
+
+from crossmodal import config_utils
+from crossmodal import evaluators as evaluators_lib
+from crossmodal.models import fusion as fusion_lib
+from crossmodal.models import model as model_lib
+
+SPLITS = ('held_out_twitter', 'held_out_google', 'twitter_to_google', 'google_to_twitter')
+LABELS = ('category', 'subcategory')  # crossmodal/data/emoji.py
+TEXTS = {'name': ('name',), 'name+short_names': ('name', 'short_names')}
+# Byte tokens per caption (with BOS/EOS): 40 fits 98.5% of names whole; with short names 80.
+TEXT_LENGTHS = {'name': 40, 'name+short_names': 80}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = config_utils.parse_arg(arg, fusion='concat', modalities=('image', 'text'),
+                             label='category', split='held_out_twitter', text='name',
+                             image_size=32, steps=800, evals=())
+  _check('fusion', a.fusion, tuple(fusion_lib.FUSIONS))
+  _check('label', a.label, LABELS)
+  _check('split', a.split, SPLITS)
+  _check('text', a.text, tuple(TEXTS))
+  _check('image_size', a.image_size, (16, 32, 64))
+  for m in a.modalities:
+    _check('modalities', m, ('image', 'text'))
+  for name in a.evals:
+    _check('evals', name, tuple(evaluators_lib.EVALUATORS))
+  if a.steps < 1:
+    raise config_utils.ConfigError(f'emoji.py: steps={a.steps} must be >= 1')
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = ml_collections.ConfigDict(dict(
+      name='emoji', builder_config=a.split,
+      data_dir=ml_collections.FieldReference(None, field_type=str),  # None: ~/tensorflow_datasets
+      manual_dir=ml_collections.FieldReference(None, field_type=str),  # None: ../shared/data
+      label=a.label, text_fields=TEXTS[a.text], text_length=TEXT_LENGTHS[a.text],
+      lowercase=True,
+      image_size=a.image_size,
+      global_batch_size=64, eval_batch_size=256, worker_count=0, cache=True))
+
+  config.model = model_lib.default_model_config(
+      modalities=a.modalities, fusion=a.fusion, dim=64, encoders={'image': 'cnn'})
+  if 'image' in a.modalities:  # a small ResNet: 32x32 -> 8x8 feature map (64 tokens)
+    config.model.encoders.image.update(widths=(16, 32, 64), pixel_mean=(0.5,), pixel_std=(0.5,))
+  if 'text' in a.modalities:
+    config.model.encoders.text.update(max_len=TEXT_LENGTHS[a.text], depth=2, num_heads=4)
+
+  config.objectives = config_utils.objectives_config()  # classification only
+  config.optim = config_utils.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)
+  config.train = config_utils.train_config(
+      num_steps=a.steps, log_every=50, eval_every=250, checkpoint_every=250)
+  config.evaluators = ml_collections.ConfigDict(
+      {name: evaluators_lib.evaluator_config(name) for name in a.evals})
+  return config
+
+
+def _check(key: str, value, choices: tuple) -> None:
+  if value not in choices:
+    raise config_utils.ConfigError(f'emoji.py: {key}={value!r}; valid choices: {choices}')
