@@ -28,7 +28,7 @@ _EMOJI = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath(_
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_utils.parse_arg(arg, split='held_out_twitter', text='name', label='category',
-                             image_size=32, steps=800)
+                             image_size=32, steps=400)
   config = _EMOJI.get_config(f'split={a.split},text={a.text},label={a.label},'
                              f'image_size={a.image_size},steps={a.steps}')
   config.objectives = config_utils.objectives_config(classification=0.0, contrastive=1.0)

@@ -1,0 +1,21 @@
+r"""Emoji: category (10) and subcategory (99) from the image, the name, or both fused, on
+held-out concepts (entries never seen in training).
+
+  python scripts/ablate.py --config=experiments/emoji.py --sweep=experiments/sweeps/emoji.py \
+      --seeds=3 --root=runs/emoji
+
+Results: docs/results.md.
+"""
+from crossmodal.ablate import Variant
+
+CATEGORY_FUSIONS = ('concat', 'late', 'crossattn')
+
+
+def get_sweep():
+  sweep = [Variant('category_image_only', 'modalities=image'),
+           Variant('category_text_only', 'modalities=text')]
+  sweep += [Variant(f'category_{f}', f'fusion={f}') for f in CATEGORY_FUSIONS]
+  sweep += [Variant('subcategory_image_only', 'label=subcategory,modalities=image'),
+            Variant('subcategory_text_only', 'label=subcategory,modalities=text'),
+            Variant('subcategory_concat', 'label=subcategory,fusion=concat')]
+  return sweep
