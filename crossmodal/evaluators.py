@@ -264,20 +264,26 @@ def _select_image(out):
   return {'image': out['embeddings']['image']}
 
 
+def zero_shot_summary(images: np.ndarray, classes: np.ndarray,
+                      labels: np.ndarray) -> dict[str, Any]:
+  """Each image vector [N, D] takes the class whose vector [C, D] is most cosine-similar
+  (ties go to the lower class index)."""
+  order = np.argsort(-(_unit(images) @ _unit(classes).T), axis=1, kind='stable')
+  counts = np.bincount(labels, minlength=len(classes))
+  return {'num_examples': int(len(labels)), 'num_classes': int(len(classes)),
+          'accuracy': float(np.mean(order[:, 0] == labels)),
+          'top5_accuracy': float(np.mean((order[:, :5] == labels[:, None]).any(1))),
+          # A classifier that always answers the most common test class.
+          'majority_class/accuracy': float(counts.max() / len(labels))}
+
+
 def zero_shot(run, state, options, workdir: str) -> dict[str, Any]:
   from crossmodal.data import datasets  # pylint: disable=import-outside-toplevel
   names = datasets.dataset_info(run.config.data).class_names
   ids = datasets.class_name_tokens(run.config.data, [options.template.format(n) for n in names])
   classes = _text_vectors(run, state, ids, options.split)
   got = outputs_over_split(run, state, options.split, _select_image)
-  order = np.argsort(-(_unit(got['image']) @ _unit(classes).T), axis=1, kind='stable')
-  labels = got['label']
-  counts = np.bincount(labels, minlength=len(names))
-  return {'num_examples': int(len(labels)), 'num_classes': len(names),
-          'accuracy': float(np.mean(order[:, 0] == labels)),
-          'top5_accuracy': float(np.mean((order[:, :5] == labels[:, None]).any(1))),
-          # A classifier that always answers the most common test class.
-          'majority_class/accuracy': float(counts.max() / len(labels))}
+  return zero_shot_summary(got['image'], classes, got['label'])
 
 
 # ----------------------------------------------------------------------------- robustness

@@ -13,6 +13,7 @@ from crossmodal import evaluators
 from crossmodal import files
 from crossmodal import train
 from crossmodal.data import noise
+from crossmodal.models import text as text_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
@@ -212,3 +213,45 @@ def test_evaluator_config_errors():
                             model)
   with pytest.raises(ValueError, match='no attention maps'):
     evaluators.check_config({'attention': evaluators.evaluator_config('attention')}, model)
+  with pytest.raises(ValueError, match='needs image and text'):
+    evaluators.check_config({'zero_shot': evaluators.evaluator_config('zero_shot')}, model)
+  with pytest.raises(ValueError, match="exactly one '{}'"):
+    evaluators.check_config({'zero_shot': evaluators.evaluator_config(
+        'zero_shot', template='a photo')}, text_model)
+  with pytest.raises(ValueError, match='pictures need pair=\\(text, image\\)'):
+    evaluators.check_config({'retrieval': evaluators.evaluator_config(
+        'retrieval', picture_queries=4)}, model)
+
+
+def test_zero_shot_summary_hand_made():
+  classes = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # C = 3 class vectors
+  images = np.array([[2.0, 0.1], [0.1, 3.0], [-1.0, -0.2], [0.0, -1.0]])
+  labels = np.array([0, 1, 1, 2])
+  # Predictions 0, 1, 2 and (tie of 0 and 2 at cosine 0) 0: the lower index wins.
+  s = evaluators.zero_shot_summary(images, classes, labels)
+  assert s['accuracy'] == 0.5 and s['top5_accuracy'] == 1.0 and s['num_classes'] == 3
+  assert s['majority_class/accuracy'] == 0.5
+
+
+@pytest.mark.slow
+def test_text_vectors_match_the_model_on_the_text_alone(tmp_path):
+  """Zero-shot's class-name vectors (one padded global batch with zero images) equal the text
+  encoder's pooled vectors computed directly, on 4 names (padding rows dropped)."""
+  config = config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,modalities=image+text')
+  config.objectives = config_utils.objectives_config(contrastive=1.0)
+  config.objectives.contrastive.pair = ('text', 'image')
+  config.train.num_steps = 3
+  workdir = str(tmp_path / 'w')
+  train.train_and_evaluate(config, workdir)
+  run, state, _ = train.restore_state(config, workdir, 'latest')
+  ids = text_lib.encode(['red', 'green blue', 'a much longer class name', 'x'],
+                        config.data.synthetic.text_length)
+  got = evaluators._text_vectors(run, state, ids, 'test')
+  example = run.source('test')[0]
+  batch = {'image': np.zeros((4,) + example['image'].shape, np.uint8), 'text': ids}
+  variables = {'params': jax.device_get(state.params)}
+  if state.batch_stats:
+    variables['batch_stats'] = jax.device_get(state.batch_stats)
+  direct = run.model.apply(variables, batch)['embeddings']['text']
+  np.testing.assert_allclose(got, np.asarray(direct), rtol=1e-5, atol=1e-5)
+  assert got.shape == (4, config.model.dim)
