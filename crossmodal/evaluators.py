@@ -222,6 +222,7 @@ def _top_images_picture(got: Mapping[str, np.ndarray], num_queries: int, workdir
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle('text query (its own image) -> top-5 images', fontsize=8)
+  fig.tight_layout()
   path = _save(fig, workdir, 'retrieval_text_to_image.png')
   plt.close(fig)
   return path
