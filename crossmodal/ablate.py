@@ -59,7 +59,10 @@ CSV_FIELDS = ('variant', 'seed', 'status', 'test_accuracy', 'test_macro_f1',
 # Splits of metrics.jsonl that are not evaluator records.
 _NOT_EVALUATORS = ('eval_test', 'eval_validation', 'eval_train')
 # Evaluator metrics shown in results.md (all of them go to results.csv).
-HEADLINES = (r'^retrieval/[a-z]+_to_[a-z]+/class/(recall@1|median_rank)$',
+HEADLINES = (r'^retrieval/[a-z]+_to_[a-z]+/instance/recall@(1|10)$',
+             r'^retrieval/[a-z]+_to_[a-z]+/class/(recall@1|median_rank)$',
+             r'^retrieval/chance/class_recall@1$',
+             r'^zero_shot/(accuracy|majority_class/accuracy)$',
              r'^robustness/(clean|missing_[a-z]+)/accuracy$',
              r'^robustness/[a-z]+/relative_robustness$',
              r'^reconstruction/(mse|nearest_class_mean_accuracy)$')

@@ -208,3 +208,25 @@ def test_model_examples_text_labels_and_image_size(built):
     assert text_lib.decode(ids[0]) == "flags"
     with pytest.raises(ValueError, match="config.data.label='colour'"):
         datasets.check_config({**config, "label": "colour"})
+
+
+def test_prepare_once_takes_a_concurrent_build_as_done():
+    """The second of two concurrent builds fails to rename its directory (FileExistsError);
+    prepare_once then returns the first one's prepared copy, and re-raises if there is none."""
+    from crossmodal.data import tfds_formats  # pylint: disable=import-outside-toplevel
+
+    class Builder:
+        def __init__(self, prepared):
+            self.prepared = prepared
+
+        def is_prepared(self):
+            return self.prepared
+
+        def download_and_prepare(self, download_config):
+            raise FileExistsError("Destination .../1.0.0 already exists.")
+
+    made = iter([Builder(False), Builder(True)])
+    assert tfds_formats.prepare_once(lambda: next(made)).prepared
+    made = iter([Builder(False), Builder(False)])
+    with pytest.raises(FileExistsError):
+        tfds_formats.prepare_once(lambda: next(made))

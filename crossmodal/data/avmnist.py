@@ -433,10 +433,8 @@ def get_builder(config: str | AvmnistConfig = "pca", *, data_dir=None, **builder
 
 def prepare(config: str | AvmnistConfig = "pca", *, data_dir=None, manual_dir=None, **builder_kwargs):
     """Prepares the variant once (no-op if already on disk) and returns its builder."""
-    builder = get_builder(config, data_dir=data_dir, **builder_kwargs)
-    if not builder.is_prepared():
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return builder
+    return tfds_formats.prepare_once(lambda: get_builder(config, data_dir=data_dir, **builder_kwargs),
+                                     manual_dir)
 
 
 def get_data_source(split: str, *, config: str | AvmnistConfig = "pca", data_dir=None, manual_dir=None):

@@ -381,10 +381,8 @@ def get_builder(config: str | EmojiConfig = "held_out_twitter", *, data_dir=None
 
 
 def prepare(config: str | EmojiConfig = "held_out_twitter", *, data_dir=None, manual_dir=None, **kwargs):
-    builder = get_builder(config, data_dir=data_dir, **kwargs)
-    if not builder.is_prepared():
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return builder
+    """Prepares the split layout once (no-op if already on disk; see tfds_formats.prepare_once)."""
+    return tfds_formats.prepare_once(lambda: get_builder(config, data_dir=data_dir, **kwargs), manual_dir)
 
 
 def get_data_source(split: str, *, config: str | EmojiConfig = "held_out_twitter", data_dir=None,

@@ -53,3 +53,23 @@ def restore_alternative_formats(info: tfds.core.DatasetInfo) -> None:
     fmt = tfds.core.FileFormat(value)
     if fmt not in known:
       known.append(fmt)
+
+
+def prepare_once(make_builder, manual_dir=None):
+  """Prepares `make_builder()`'s dataset unless it is on disk, and returns a builder.
+
+  Two processes may build the same dataset at once (a parallel sweep, several hosts sharing a
+  data_dir): TFDS writes into a private incomplete.* directory and renames it at the end, so the
+  second rename fails. The data the first process wrote is the same (builds are deterministic),
+  so that failure is taken as "prepared by someone else" once the prepared copy reads back.
+  """
+  builder = make_builder()
+  if builder.is_prepared():
+    return builder
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except FileExistsError:
+    builder = make_builder()
+    if not builder.is_prepared():
+      raise
+  return builder
