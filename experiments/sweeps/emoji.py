@@ -1,5 +1,6 @@
-r"""Emoji: category (10) and subcategory (99) from the image, the name, or both fused, on
-held-out concepts (entries never seen in training).
+r"""Emoji: category (10) from the image, the name, or both fused by every fusion type, and
+subcategory (99) from each alone and concat-fused, on held-out concepts (entries never seen in
+training).
 
   python scripts/ablate.py --config=experiments/emoji.py --sweep=experiments/sweeps/emoji.py \
       --seeds=3 --root=runs/emoji
@@ -7,8 +8,11 @@ held-out concepts (entries never seen in training).
 Results: docs/results.md.
 """
 from crossmodal.ablate import Variant
+from crossmodal.models.fusion import FUSIONS
 
-CATEGORY_FUSIONS = ('concat', 'late', 'crossattn')
+# concat, late and crossattn first: the subcategory rows use concat, and these three ran first.
+CATEGORY_FUSIONS = ('concat', 'late', 'crossattn') + tuple(
+    f for f in FUSIONS if f not in ('concat', 'late', 'crossattn'))
 
 
 def get_sweep():
