@@ -5,6 +5,7 @@ runs on a real prefix subset of each split, built by the real TFDS builder from 
 into a temporary data_dir (`builder_config='<variant>_n64'`).
 """
 import glob
+import re
 import os
 
 import jax
@@ -111,3 +112,30 @@ def test_avmnist_bad_preset_lists_choices():
     module.get_config('fusion=attn')
   with pytest.raises(config_utils.ConfigError, match=r"variant='noisy'; valid choices"):
     module.get_config('variant=noisy')
+
+
+SWEEPS = sorted(glob.glob(os.path.join(REPO, 'experiments', 'sweeps', '*.py')))
+
+
+@pytest.mark.parametrize('path', SWEEPS, ids=os.path.basename)
+def test_every_sweep_variant_builds(path):
+  """Each variant of each sweep, on the base config its docstring's command names, gives a
+  valid config whose data and model build (a bad preset fails here, not hours into a sweep)."""
+  from crossmodal import ablate  # pylint: disable=import-outside-toplevel
+  doc = config_utils.load_module(path, f'sweep_{os.path.basename(path)[:-3]}').__doc__
+  match = re.search(r'--config=(\S+)', doc)
+  assert match, f'{path}: the docstring must give the ablate command with --config='
+  base = match.group(1)
+  base_path, _, base_arg = base.partition(':')
+  for variant in ablate.load_sweep(path):
+    arg = ','.join(a for a in (base_arg, variant.arg) if a)
+    config = config_utils.load_config_file(os.path.join(REPO, base_path) + (f':{arg}' if arg
+                                                                            else ''))
+    for key, value in variant.overrides.items():
+      node = config
+      *parents, leaf = key.split('.')
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    config_utils.validate(config, device_count=1, process_count=1)
+    train.check_buildable(config)
