@@ -141,5 +141,5 @@ def test_dispatch_avmnist_subset_through_the_pipeline(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names():
-  with pytest.raises(ValueError, match='valid names: avmnist, synthetic'):
+  with pytest.raises(ValueError, match='valid names: avmnist, emoji, synthetic'):
     datasets.get_source(ml_collections.ConfigDict({'name': 'mnist'}), 'train')
