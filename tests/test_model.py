@@ -282,14 +282,14 @@ def test_every_model_parameter_reaches_the_logits(fusion, token_stage):
     cfg.encoders[m].token_stage = token_stage
   model = M.build_model(cfg, C)
   batch = _batch()
-  variables = model.init(jax.random.PRNGKey(0), batch)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), batch)
 
   def loss(params):
     out, _ = model.apply({**variables, 'params': params}, batch, train=True,
                          rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
     return jnp.sum(out['logits'] ** 2)
 
-  grads = jax.grad(loss)(variables['params'])
+  grads = jax.jit(jax.grad(loss))(variables['params'])
   dead = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
           if not np.any(np.asarray(g))]
   assert not dead, dead
@@ -299,5 +299,5 @@ def test_every_model_parameter_reaches_the_logits(fusion, token_stage):
   stages = sum(k.startswith('conv_') for k in image)
   last = cfg.encoders.image.extra_layers + 1
   assert stages == (token_stage % last + 1 if F.uses_tokens(fusion) else last)
-  out = model.apply(variables, batch)
+  out = jax.jit(model.apply)(variables, batch)
   assert set(out['embeddings']) == (set() if F.uses_tokens(fusion) else {'image', 'audio'})
