@@ -8,6 +8,7 @@ import pytest
 from crossmodal import config_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures('fast_prng')  # tests/conftest.py
 
 
 @pytest.fixture(scope='module')

@@ -67,15 +67,7 @@ def _shapes(tree):
   return jax.tree.map(lambda a: a.shape, tree)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_prng():
-  """Counter-based 'rbg' keys in this module: XLA compiles threefry's unrolled rounds slowly
-  on CPU (seconds per initializer shape), which dominated these tests; the code under test
-  never depends on the PRNG implementation. Restored afterwards for other modules."""
-  previous = jax.config.jax_default_prng_impl
-  jax.config.update('jax_default_prng_impl', 'rbg')
-  yield
-  jax.config.update('jax_default_prng_impl', previous)
+pytestmark = pytest.mark.usefixtures('fast_prng')  # tests/conftest.py
 
 # ------------------------------------------------------------------ tokenizer
 
@@ -391,7 +383,7 @@ def test_bfloat16_compute_keeps_float32_params(modality, kind):
 PMAP_SCRIPT = textwrap.dedent('''
     import jax
     jax.config.update('jax_num_cpu_devices', 4)
-    jax.config.update('jax_default_prng_impl', 'rbg')  # fast to compile (see _fast_prng)
+    jax.config.update('jax_default_prng_impl', 'rbg')  # fast to compile (tests/conftest.py)
     import jax.numpy as jnp, numpy as np
     from crossmodal.models import encoders as E
     cfg = E.encoder_config('image', 'lenet', base_channels=4, extra_layers=2)

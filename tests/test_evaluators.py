@@ -252,6 +252,6 @@ def test_text_vectors_match_the_model_on_the_text_alone(tmp_path):
   variables = {'params': jax.device_get(state.params)}
   if state.batch_stats:
     variables['batch_stats'] = jax.device_get(state.batch_stats)
-  direct = run.model.apply(variables, batch)['embeddings']['text']
+  direct = jax.jit(run.model.apply)(variables, batch)['embeddings']['text']
   np.testing.assert_allclose(got, np.asarray(direct), rtol=1e-5, atol=1e-5)
   assert got.shape == (4, config.model.dim)

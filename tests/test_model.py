@@ -27,15 +27,7 @@ SHAPES = {'image': ((B, 16, 16, 1), jnp.uint8), 'audio': ((B, 1600), jnp.float32
           'text': ((B, 12), jnp.int32)}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_prng():
-  """Counter-based 'rbg' keys in this module: XLA compiles threefry's unrolled rounds slowly
-  on CPU (seconds per initializer shape), which dominated these tests; the code under test
-  never depends on the PRNG implementation. Restored afterwards for other modules."""
-  previous = jax.config.jax_default_prng_impl
-  jax.config.update('jax_default_prng_impl', 'rbg')
-  yield
-  jax.config.update('jax_default_prng_impl', previous)
+pytestmark = pytest.mark.usefixtures('fast_prng')  # tests/conftest.py
 
 
 def _config(types, fusion='concat', **fusion_overrides):
