@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from crossmodal import files
+from crossmodal import objectives as objectives_lib
 from crossmodal.data import noise as noise_lib
 from crossmodal.models import fusion as fusion_lib
 
@@ -454,10 +455,11 @@ EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def check_config(evaluators: Mapping[str, Any] | None, model) -> None:
+def check_config(evaluators: Mapping[str, Any] | None, model,
+                 objectives: Mapping[str, Any] | None = None) -> None:
   """ValueError naming a bad evaluator, option or modality: before training, not after it.
 
-  `model` is the CrossModalModel the config builds.
+  `model` is the CrossModalModel the config builds; `objectives` is config.objectives.
   """
   modalities = model.modalities
   for name, options in (evaluators or {}).items():
@@ -494,6 +496,11 @@ def check_config(evaluators: Mapping[str, Any] | None, model) -> None:
       if attention_fusion and not model.pooled:
         raise ValueError('config.evaluators.zero_shot: under an attention fusion the encoders '
                          'compute no pooled vector unless an embedding objective trains one')
+      if not _trained_together(objectives, ('image', 'text')):
+        # Otherwise the two pooled vectors live in unrelated spaces and the accuracy is noise.
+        raise ValueError('config.evaluators.zero_shot: compares image and text embeddings, '
+                         'which only a contrastive objective puts in one space; set '
+                         'config.objectives.contrastive.weight > 0 with pair=(text, image)')
       if options.template.count('{}') != 1:
         raise ValueError(f'config.evaluators.zero_shot.template={options.template!r}: needs '
                          "exactly one '{}' for the class name")
@@ -518,10 +525,15 @@ def check_config(evaluators: Mapping[str, Any] | None, model) -> None:
         raise ValueError(f'config.evaluators.{name}.{key}={options[key]}: must be >= 1')
 
 
+def _trained_together(objectives: Mapping[str, Any] | None, pair: tuple[str, str]) -> bool:
+  return ('contrastive' in objectives_lib.active(objectives)
+          and set(objectives['contrastive']['pair']) == set(pair))
+
+
 def run_all(run, state, evaluators: Mapping[str, Any] | None, workdir: str
             ) -> dict[str, dict[str, Any]]:
   """{name: summary} of every evaluator in `config.evaluators`."""
-  check_config(evaluators, run.model)
+  check_config(evaluators, run.model, run.objectives)
   results = {}
   for name, options in (evaluators or {}).items():
     results[name] = EVALUATORS[name](run, state, options, workdir)

@@ -98,7 +98,9 @@ def check_buildable(config: Any) -> None:
                      f'{config.data.name!r} has no {missing}; it has {list(available)}')
   model = build_model(config, num_classes=2, axis_name=None)
   from crossmodal import evaluators  # pylint: disable=g-import-not-at-top
-  evaluators.check_config(config.get('evaluators'), model)
+  evaluators.check_config(config.get('evaluators'), model, config.get('objectives'))
+  if 'zero_shot' in (config.get('evaluators') or {}):
+    datasets.check_class_name_text(config.data)
 
 
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:

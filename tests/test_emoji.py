@@ -134,8 +134,11 @@ def test_bad_config_names_list_the_choices():
     for bad in ("held_out_apple", "twitter_to_twitter", "cross_style", "held_out_twitter_seed01"):
         with pytest.raises(ValueError, match="Predefined: held_out_twitter"):
             emoji.resolve_config(bad)
-    with pytest.raises(ValueError, match="valid choices"):
-        emoji.emoji_config(kind="held_out", style="apple")
+    for kind in emoji.KINDS:  # the style is checked before anything derives from it
+        with pytest.raises(ValueError, match="EmojiConfig.style='apple'; valid choices"):
+            emoji.emoji_config(kind=kind, style="apple")
+    with pytest.raises(ValueError, match="seed 0 has no suffix"):
+        emoji.resolve_config("held_out_twitter_seed0")
 
 
 def _copy_sources(emoji_dir: Path, dst: Path, files: list[str]) -> Path:

@@ -215,9 +215,21 @@ def test_evaluator_config_errors():
     evaluators.check_config({'attention': evaluators.evaluator_config('attention')}, model)
   with pytest.raises(ValueError, match='needs image and text'):
     evaluators.check_config({'zero_shot': evaluators.evaluator_config('zero_shot')}, model)
+  zero_shot = {'zero_shot': evaluators.evaluator_config('zero_shot')}
+  with pytest.raises(ValueError, match='only a contrastive objective'):
+    evaluators.check_config(zero_shot, text_model)  # classification alone: unaligned spaces
+  aligned = config_utils.objectives_config(contrastive=1.0)
+  aligned.contrastive.pair = ('image', 'text')
+  evaluators.check_config(zero_shot, text_model, aligned)
   with pytest.raises(ValueError, match="exactly one '{}'"):
     evaluators.check_config({'zero_shot': evaluators.evaluator_config(
-        'zero_shot', template='a photo')}, text_model)
+        'zero_shot', template='a photo')}, text_model, aligned)
+  # Synthetic data has captions but no class names: refused before training, not after it.
+  text_config = config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,modalities=image+text')
+  text_config.objectives = aligned
+  text_config.evaluators = ml_collections.ConfigDict(zero_shot)
+  with pytest.raises(ValueError, match='only emoji has'):
+    train.check_buildable(text_config)
   with pytest.raises(ValueError, match='pictures need pair=\\(text, image\\)'):
     evaluators.check_config({'retrieval': evaluators.evaluator_config(
         'retrieval', picture_queries=4)}, model)

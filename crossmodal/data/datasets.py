@@ -91,12 +91,19 @@ def _emoji_info(data_config) -> DatasetInfo:
   return DatasetInfo('emoji', len(names), EMOJI_MODALITIES, splits, tuple(names))
 
 
+def check_class_name_text(data_config) -> None:
+  """ValueError unless the dataset both captions its examples and names its classes (what
+  zero-shot classification compares): checked before training, not after it."""
+  if _get(data_config, 'name') != 'emoji':
+    raise ValueError(f'config.data.name={_get(data_config, "name")!r}: zero-shot '
+                     'classification needs captioned examples and named classes, which only '
+                     'emoji has')
+
+
 def class_name_tokens(data_config, names: Sequence[str]) -> Any:
   """Texts (e.g. class names) as the dataset's text ids [len(names), L], tokenised exactly
   as its captions are (zero-shot classification compares the two)."""
-  if _get(data_config, 'name') != 'emoji':
-    raise ValueError(f'config.data.name={_get(data_config, "name")!r} has no text captions to '
-                     'match class names against (zero-shot classification needs emoji)')
+  check_class_name_text(data_config)
   from crossmodal.data import emoji  # pylint: disable=import-outside-toplevel
   return emoji.ModelExamples([], **_emoji_options(data_config)).encode(list(names))
 

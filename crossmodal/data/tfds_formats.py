@@ -68,7 +68,7 @@ def prepare_once(make_builder, manual_dir=None):
     return builder
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  except FileExistsError:
+  except OSError:  # FileExistsError, or ENOTEMPTY when both renames passed the exists check
     builder = make_builder()
     if not builder.is_prepared():
       raise
