@@ -379,6 +379,14 @@ def evaluator_table(table: Sequence[Mapping[str, Any]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def no_accuracy_reason(a: Mapping[str, Any]) -> str:
+  """Why an `aggregate` row has no test accuracy: a run failed, runs are still to come, or
+  every run finished without a classifier (e.g. contrastive training alone)."""
+  if any(status == 'failed' for _, status, _ in a['failures']):
+    return 'failed'
+  return 'not finished' if a['done'] < a['runs'] else 'no classifier'
+
+
 def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> list[str]:
   """accuracy.png (test accuracy per variant, mean ± std) and validation_curves.png."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -390,7 +398,8 @@ def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> 
   fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.5))
   for i, a in enumerate(table):
     if a['test_accuracy'] is None:
-      ax.annotate('failed', (i, 0), ha='center', va='bottom', color='tab:red', rotation=90)
+      ax.annotate(no_accuracy_reason(a), (i, 0), ha='center', va='bottom', color='tab:red',
+                  rotation=90)
       continue
     mean, std = a['test_accuracy']
     ax.bar(i, 100 * mean, yerr=100 * std, capsize=3, color='tab:blue')

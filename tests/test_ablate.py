@@ -138,6 +138,21 @@ def test_aggregate_and_table_on_hand_made_rows():
   assert '| **a** (best) | 50.00 | 40.00 | 50.00 | 60.00 | 10 | 100 | 10 | 1/1 |' in single
 
 
+def test_plot_says_why_a_variant_has_no_accuracy():
+  """Only a failed run is drawn as 'failed'; a sweep still running, or contrastive-only runs
+  (no classifier, so no accuracy), are not."""
+  blank = dict(test_accuracy=None, test_macro_f1=None, final_test_accuracy=None,
+               best_validation_accuracy=None, num_params=None, examples_per_sec=None,
+               wall_time_s=1.0, error=None)
+  rows = [{'variant': 'broken', 'seed': 0, **blank, 'status': 'failed', 'error': 'boom'},
+          {'variant': 'broken', 'seed': 1, **blank, 'status': 'running'},
+          {'variant': 'pending', 'seed': 0, **blank, 'status': 'running'},
+          {'variant': 'contrastive', 'seed': 0, **blank, 'status': 'done'}]
+  table = ablate.aggregate(rows, ['broken', 'pending', 'contrastive'])
+  assert [ablate.no_accuracy_reason(a) for a in table] == [
+      'failed', 'not finished', 'no classifier']
+
+
 def test_evaluator_records_become_columns_and_a_table(tmp_path):
   """eval_<evaluator> records -> `<evaluator>/<metric>` columns; headline metrics -> a table.
   A contrastive-only run (no accuracy in its eval_test record) still counts as done."""
