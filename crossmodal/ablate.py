@@ -298,10 +298,10 @@ def evaluator_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
   return sorted({k for r in rows for k in r if k not in CSV_FIELDS and '/' in k})
 
 
-def validation_curve(run: Run) -> list[tuple[int, float]]:
+def validation_curve(run: Run, metric: str = 'accuracy') -> list[tuple[int, float]]:
   records = files.read_jsonl(os.path.join(run.workdir, 'metrics.jsonl'))
-  return [(r['step'], r['accuracy']) for r in records
-          if r['split'] == 'validation' and 'accuracy' in r]
+  return [(r['step'], r[metric]) for r in records
+          if r['split'] == 'validation' and metric in r]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -410,20 +410,24 @@ def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> 
   paths.append(_save_figure(fig, os.path.join(root, 'accuracy.png')))
   plt.close(fig)
 
+  # Validation accuracy, or the loss when no run has a classifier (contrastive training).
+  metric = ('accuracy' if any(validation_curve(r) for r in runs) else 'loss')
+  scale = 100 if metric == 'accuracy' else 1
   fig, ax = plt.subplots(figsize=(6, 4))
   for name in names:
-    curves = [validation_curve(r) for r in runs if r.variant.name == name]
+    curves = [validation_curve(r, metric) for r in runs if r.variant.name == name]
     curves = [c for c in curves if c]
     if not curves:
       continue
     steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
     if not steps:
       continue
-    mean = [100 * sum(dict(c)[s] for c in curves) / len(curves) for s in steps]
+    mean = [scale * sum(dict(c)[s] for c in curves) / len(curves) for s in steps]
     ax.plot(steps, mean, marker='.', label=name)
   ax.set_xlabel('step')
-  ax.set_ylabel('validation accuracy (%)')
-  ax.legend(fontsize='small', ncol=2)
+  ax.set_ylabel('validation accuracy (%)' if metric == 'accuracy' else 'validation loss')
+  if ax.get_lines():
+    ax.legend(fontsize='small', ncol=2)
   fig.tight_layout()
   paths.append(_save_figure(fig, os.path.join(root, 'validation_curves.png')))
   plt.close(fig)

@@ -158,7 +158,8 @@ def test_evaluator_records_become_columns_and_a_table(tmp_path):
   A contrastive-only run (no accuracy in its eval_test record) still counts as done."""
   runs = ablate.plan(CONFIG, [ablate.Variant('clip')], [0, 1], str(tmp_path))
   for run, (r1, rank) in zip(runs, ((0.4, 2.0), (0.6, 4.0))):
-    records = [{'step': 9, 'split': 'eval_test', 'loss': 1.0, 'loss_contrastive': 1.0},
+    records = [{'step': 5, 'split': 'validation', 'loss': 2.0 * r1},
+               {'step': 9, 'split': 'eval_test', 'loss': 1.0, 'loss_contrastive': 1.0},
                {'step': 9, 'split': 'eval_retrieval', 'num_examples': 40,
                 'audio_to_image/class/recall@1': r1, 'audio_to_image/class/median_rank': rank,
                 'audio_to_image/instance/recall@5': 0.1, 'levels': [0.0, 1.0]}]
@@ -174,6 +175,11 @@ def test_evaluator_records_become_columns_and_a_table(tmp_path):
                                   'retrieval/audio_to_image/class/recall@1 (%) |')
   assert text.splitlines()[2] == '| clip | 3.0 ± 1.4 | 50.00 ± 14.14 |'
   assert ablate.evaluator_table(ablate.aggregate(rows[:0], ['clip'])) == ''
+  # No validation accuracy anywhere: the curves are of the validation loss instead.
+  assert ablate.validation_curve(runs[1]) == []
+  assert ablate.validation_curve(runs[1], 'loss') == [(5, 1.2)]
+  paths = ablate.plot(runs, ablate.aggregate(rows, ['clip']), str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == ['accuracy.png', 'validation_curves.png']
 
 
 def test_failure_reason_prefers_main_error_then_exception():
