@@ -14,8 +14,8 @@ chance level of 10%.
 
 Expected result (seed 0, 2000 steps, about 7 min on one CPU core; docs/results.md), recall@1
 by class over the 10,000 test examples, chance 10%:
-  labels=false  audio->image 40.61%  image->audio 46.45%  (median class rank 2 both ways)
-  labels=true   audio->image 44.64%  image->audio 47.53%  (median class rank 2 both ways)
+  labels=false  audio->image 42.64%  image->audio 45.78%  (median class rank 2 both ways)
+  labels=true   audio->image 45.77%  image->audio 46.33%  (median class rank 2 both ways)
   loss=triplet  audio->image 40.22%  image->audio 43.56%  (median class rank 2 both ways)
 Instance recall@1 stays near its chance level of 0.01% (measured 0.01-0.09%): AV-MNIST pairs
 share only the digit.
