@@ -129,13 +129,16 @@ def outputs_over_split(run, state, split: str, select: Callable[[dict], dict[str
 # ----------------------------------------------------------------------------- retrieval
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def retrieval_ranks(queries: np.ndarray, keys: np.ndarray, query_labels: np.ndarray,
                     key_labels: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
   """1-based rank of each query's paired key (query i <-> key i) and of its best-ranked
   same-class key, by cosine similarity; ties count against the query (a key scoring the same
   as the hit, and not itself a hit, is ranked before it)."""
-  q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-  k = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+  q, k = _unit(queries), _unit(keys)
   instance = np.empty(len(q), np.int64)
   by_class = np.empty(len(q), np.int64)
   for start in range(0, len(q), block):
@@ -227,10 +230,6 @@ def _top_images_picture(got: Mapping[str, np.ndarray], num_queries: int, workdir
   path = _save(fig, workdir, 'retrieval_text_to_image.png')
   plt.close(fig)
   return path
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 # ----------------------------------------------------------------------------- zero-shot

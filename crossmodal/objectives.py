@@ -48,6 +48,12 @@ def active(cfg: Mapping[str, Any] | None) -> tuple[str, ...]:
   return tuple(name for name, w in weights(cfg).items() if w > 0)
 
 
+def learns_temperature(contrastive_cfg: Mapping[str, Any]) -> bool:
+  """Whether the model carries a learned logit scale for the contrastive loss: only InfoNCE
+  has a temperature (the triplet hinge compares raw cosine similarities)."""
+  return bool(contrastive_cfg['learn_temperature']) and contrastive_cfg['loss'] == 'infonce'
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example softmax cross-entropy, in float32 whatever the compute dtype."""
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
@@ -140,9 +146,7 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
     elif name == 'contrastive':
       c = cfg.contrastive
       first, second = c.pair
-      # The triplet loss has no temperature (and the model no logit_scale for it).
-      learned = c.learn_temperature and c.loss == 'infonce'
-      scale = out['logit_scale'] if learned else 1.0 / c.temperature
+      scale = out['logit_scale'] if learns_temperature(c) else 1.0 / c.temperature
       losses[name] = contrastive(
           out['embeddings'][first], out['embeddings'][second], loss=c.loss, scale=scale,
           margin=c.margin, labels=labels, same_class_positives=c.same_class_positives,

@@ -144,33 +144,25 @@ def avmnist_config(
     return _PREDEFINED.get(config.name, config)
 
 
+def _parse_name(name: str) -> AvmnistConfig | None:
+    m = _NAME_RE.match(name)
+    if not m or m["image"] not in IMAGE_VARIANTS:
+        return None
+    return avmnist_config(
+        image=m["image"],
+        audio_snr_db=None if m["snr"] is None else float(m["snr"]),
+        noise_seed=int(m["noise_seed"] or 0),
+        pairing_seed=int(m["pairing_seed"] or 0),
+        max_examples_per_split=int(m["n"]) if m["n"] else None,
+    )
+
+
 def resolve_config(config: str | AvmnistConfig | None) -> AvmnistConfig:
     """Predefined name, canonical custom name, or config object -> AvmnistConfig."""
-    if config is None:
-        return _PREDEFINED[Avmnist.DEFAULT_CONFIG_NAME]
-    if isinstance(config, AvmnistConfig):
-        return config
-    if not isinstance(config, str):
-        raise TypeError(f"AV-MNIST config must be a name or an AvmnistConfig, got {type(config).__name__}.")
-    name = config.split(":")[0]
-    if name in _PREDEFINED:
-        return _PREDEFINED[name]
-    m = _NAME_RE.match(name)
-    if m and m["image"] in IMAGE_VARIANTS:
-        parsed = avmnist_config(
-            image=m["image"],
-            audio_snr_db=None if m["snr"] is None else float(m["snr"]),
-            noise_seed=int(m["noise_seed"] or 0),
-            pairing_seed=int(m["pairing_seed"] or 0),
-            max_examples_per_split=int(m["n"]) if m["n"] else None,
-        )
-        if parsed.name == name:  # only canonical spellings, so one variant has one directory
-            return parsed
-    raise ValueError(
-        f"Unknown AV-MNIST builder config {config!r}. Predefined: {', '.join(_PREDEFINED)}. "
+    return tfds_formats.resolve_config(
+        config, AvmnistConfig, _PREDEFINED, Avmnist.DEFAULT_CONFIG_NAME, _parse_name, "AV-MNIST",
         f"Custom names follow {NAME_GRAMMAR}; or build one with "
-        "crossmodal.data.avmnist.avmnist_config(image=..., audio_snr_db=...)."
-    )
+        "crossmodal.data.avmnist.avmnist_config(image=..., audio_snr_db=...).")
 
 
 # ----------------------------------------------------------------------------- transforms

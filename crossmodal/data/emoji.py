@@ -126,27 +126,19 @@ NAME_GRAMMAR = ("held_out_<twitter|google> or twitter_to_google / google_to_twit
                 "_seed<int> for split seeds >= 1 (seed 0 has no suffix)")
 
 
-def resolve_config(config: str | EmojiConfig | None) -> EmojiConfig:
-    if config is None:
-        return _PREDEFINED[Emoji.DEFAULT_CONFIG_NAME]
-    if isinstance(config, EmojiConfig):
-        return config
-    if not isinstance(config, str):
-        raise TypeError(f"emoji config must be a name or an EmojiConfig, got {type(config).__name__}.")
-    name = config.split(":")[0]
-    if name in _PREDEFINED:
-        return _PREDEFINED[name]
+def _parse_name(name: str) -> EmojiConfig | None:
     m = _NAME_RE.match(name)
-    if m:
-        kind, style = ("held_out", m["held"]) if m["held"] else ("cross_style", m["a"])
-        if style in STYLES and (m["held"] or m["b"] == _other(style)):
-            parsed = emoji_config(kind, style, int(m["seed"] or 0))
-            if parsed.name == name:
-                return parsed
-    raise ValueError(
-        f"Unknown emoji builder config {config!r}. Predefined: {', '.join(_PREDEFINED)}; "
-        f"names follow {NAME_GRAMMAR}."
-    )
+    if not m:
+        return None
+    kind, style = ("held_out", m["held"]) if m["held"] else ("cross_style", m["a"])
+    if style not in STYLES or not (m["held"] or m["b"] == _other(style)):
+        return None
+    return emoji_config(kind, style, int(m["seed"] or 0))
+
+
+def resolve_config(config: str | EmojiConfig | None) -> EmojiConfig:
+    return tfds_formats.resolve_config(config, EmojiConfig, _PREDEFINED, Emoji.DEFAULT_CONFIG_NAME,
+                                       _parse_name, "emoji", f"Names follow {NAME_GRAMMAR}.")
 
 
 # ----------------------------------------------------------------------------- sources

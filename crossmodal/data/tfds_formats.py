@@ -1,4 +1,5 @@
-"""Both TFDS file formats from one prepared directory, for every builder of ours.
+"""TFDS helpers shared by our builders: both file formats from one prepared directory, one
+build when several processes prepare at once, and config names resolved the same way.
 
 Builders write array_record (random access: what `tfds.data_source` and grain read, no
 TensorFlow needed) and, when TensorFlow imports, a tfrecord copy of the same serialized
@@ -7,6 +8,8 @@ examples, so `tfds.load` works on the same directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -73,3 +76,26 @@ def prepare_once(make_builder, manual_dir=None):
     if not builder.is_prepared():
       raise
   return builder
+
+
+def resolve_config(config: Any, config_cls: type, predefined: Mapping[str, Any], default: str,
+                   parse: Callable[[str], Any], what: str, naming_help: str) -> Any:
+  """None (the default), a `config_cls`, a predefined name, or a custom name that `parse`
+  turns into a config -> that config. Only canonical spellings are accepted (`parse(name).name
+  == name`), so one variant has one directory; anything else is a ValueError listing the
+  predefined names, then `naming_help`."""
+  if config is None:
+    return predefined[default]
+  if isinstance(config, config_cls):
+    return config
+  if not isinstance(config, str):
+    raise TypeError(f'{what} config must be a name or an {config_cls.__name__}, got '
+                    f'{type(config).__name__}.')
+  name = config.split(':')[0]
+  if name in predefined:
+    return predefined[name]
+  parsed = parse(name)
+  if parsed is not None and parsed.name == name:
+    return parsed
+  raise ValueError(f'Unknown {what} builder config {config!r}. Predefined: '
+                   f'{", ".join(predefined)}. {naming_help}')

@@ -141,7 +141,7 @@ def objective_heads(objectives: Mapping[str, Any] | None,
       raise ValueError(f'config.objectives.contrastive.pair={tuple(c.pair)}: needs two '
                        f'different modalities of config.model.modalities={list(modalities)}')
     fields['pooled'] = True
-    if c.learn_temperature and c.loss == 'infonce':  # the triplet loss has no temperature
+    if objectives_lib.learns_temperature(c):
       fields['logit_scale_init'] = 1.0 / float(c.temperature)
   if 'reconstruction' in active:
     r = objectives.reconstruction
