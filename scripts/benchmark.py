@@ -200,26 +200,38 @@ def fsdd_clips(count: int) -> np.ndarray | None:
   return clips
 
 
+FEATURE_BATCH = 64  # AV-MNIST's training batch: what the featurizer sees inside the train step
+
+
 def section_featurization(sizes: Sizes) -> list[str]:
+  """JAX featurizer over all clips in one jitted call and in training-batch-sized calls (the
+  large call is memory-bound: its [clips, frames, n_fft] intermediates leave the caches),
+  against librosa called per clip."""
   clips = fsdd_clips(sizes.clips)
-  rows = ['| featurizer | clips | JAX clips/s | librosa clips/s | ratio | max abs. deviation |',
+  rows = ['| featurizer | JAX batching | JAX clips/s | librosa clips/s | ratio | max abs. deviation |',
           '|---|---|---|---|---|---|']
   if clips is None:
     return rows + ['| log-mel | - | FSDD sources not found (docs/data.md) | | | |']
   cfg = features.features_config()
+  n = len(clips)
+  chunk = min(FEATURE_BATCH, n)
   for name, jax_fn, ref_fn in (('log-mel (dB)', features.log_mel, features.librosa_log_mel),
                                ('MFCC', features.mfcc, features.librosa_mfcc)):
     f = jax.jit(lambda x, fn=jax_fn: fn(x, cfg))
     x = jnp.asarray(clips)
-    ours = float(np.median(timed(lambda: f(x).block_until_ready(), 1, sizes.repeats)))
+    chunks = [jnp.asarray(clips[i:i + chunk]) for i in range(0, n - n % chunk, chunk)]
+    one_call = float(np.median(timed(lambda: f(x).block_until_ready(), 1, sizes.repeats)))
+    per_batch = float(np.median(timed(lambda: jax.block_until_ready([f(c) for c in chunks]),
+                                      1, sizes.repeats))) / (len(chunks) * chunk)
     ref_fn(clips[:2], cfg)  # warm-up: librosa's first call compiles/caches its kernels
     start = time.perf_counter()
     reference = ref_fn(clips, cfg)  # librosa, one call per clip (its normal use)
-    theirs = time.perf_counter() - start
+    theirs = (time.perf_counter() - start) / n
     deviation = float(np.abs(np.asarray(f(x)) - reference).max())
-    n = len(clips)
-    rows.append(f'| {name} | {n} | {n / ours:.0f} | {n / theirs:.0f} | {theirs / ours:.1f}x | '
-                f'{deviation:.2g} |')
+    for how, ours in ((f'{n} clips in one call', one_call / n),
+                      (f'calls of {chunk} clips (the training batch)', per_batch)):
+      rows.append(f'| {name} | {how} | {1 / ours:.0f} | {1 / theirs:.0f} | '
+                  f'{theirs / ours:.1f}x | {deviation:.2g} |')
   return rows
 
 
@@ -227,8 +239,15 @@ def section_featurization(sizes: Sizes) -> list[str]:
 
 
 def section_pipeline(sizes: Sizes) -> list[str]:
-  """Training examples/s fed by the real pipeline vs by the same batches already in memory."""
+  """Training examples/s fed by the real pipeline vs by the same batches already in memory.
+
+  The three feeds are timed in interleaved rounds (memory, decoding, cached, memory, ...) and
+  each pipeline is reported as the median over rounds of its rate / that round's in-memory
+  rate: on a shared VM the machine's speed drifts by more than the difference being measured,
+  and timing the feeds one after another would fold that drift into the ratio.
+  """
   from crossmodal import parallel  # pylint: disable=g-import-not-at-top
+  from crossmodal.data import datasets  # pylint: disable=g-import-not-at-top
   config = sgd_config()
   b = max(sizes.batch_sizes)
   config.data.global_batch_size = b
@@ -240,8 +259,17 @@ def section_pipeline(sizes: Sizes) -> list[str]:
   strategy = parallel.make_parallel('jit')
   state = strategy.put_state(run.initial_state())
   step = strategy.train_step(train.make_train_step(run.model, run.tx, None))
-  pipeline = run.batches('train')
-  in_memory = [next(pipeline) for _ in range(sizes.pipeline_steps)]
+  decoding = train.make_batches(
+      config, datasets.get_source({**config.data.to_dict(), 'cache': False}, 'train'), 'train')
+  in_memory = [next(decoding) for _ in range(sizes.pipeline_steps)]
+  feeds = {'decoding': lambda: _take(decoding, sizes.pipeline_steps)}
+  cached = None
+  if config.data.get('cache', False):  # decode the whole split first: the epochs after the first
+    source = run.source('train')
+    for i in range(len(source)):
+      source[i]  # pylint: disable=pointless-statement
+    cached = run.batches('train')
+    feeds['cached'] = lambda: _take(cached, sizes.pipeline_steps)
 
   def loop(batches):
     """examples/s of training on `batches` (an iterable: pipeline batches are pulled lazily,
@@ -257,24 +285,42 @@ def section_pipeline(sizes: Sizes) -> list[str]:
     return count * b / (time.perf_counter() - start)
 
   loop(in_memory[:2])  # compile
-  memory_rate = float(np.median([loop(in_memory) for _ in range(sizes.repeats)]))
-  cold = float(np.median([loop(_take(pipeline, sizes.pipeline_steps))
-                          for _ in range(sizes.repeats)]))
-  rows = ['| batches from | examples/s | % of in-memory |', '|---|---|---|',
-          f'| memory (pre-loaded) | {memory_rate:.0f} | 100% |',
-          f'| the input pipeline ({source_name}, grain), decoding every example | {cold:.0f} '
-          f'| {100 * cold / memory_rate:.1f}% |']
-  source = run.source('train')
-  if config.data.get('cache', False):  # decode the rest of the split: the epochs after the first
-    for i in range(len(source)):
-      source[i]  # pylint: disable=pointless-statement
-    warm = float(np.median([loop(_take(pipeline, sizes.pipeline_steps))
-                            for _ in range(sizes.repeats)]))
-    rows.append(f'| the same pipeline after the first epoch (config.data.cache: decoded '
-                f'examples in memory) | {warm:.0f} | {100 * warm / memory_rate:.1f}% |')
-  pipeline.close()
+  for feed in feeds.values():
+    loop(feed())  # start the prefetch threads
+  rates = {name: [] for name in ['memory', *feeds]}
+  for _ in range(sizes.repeats):
+    for name, feed in (('memory', lambda: in_memory), *feeds.items()):
+      rates[name].append(loop(feed()))
+  memory = np.array(rates['memory'])
+  labels = {'decoding': f'the input pipeline ({source_name}, grain), decoding every example',
+            'cached': 'the same pipeline after the first epoch (config.data.cache: decoded '
+                      'examples in memory)'}
+  rows = ['| batches from | examples/s (median) | % of in-memory (median of rounds) |',
+          '|---|---|---|', f'| memory (pre-loaded) | {np.median(memory):.0f} | 100% |']
+  for name in feeds:
+    share = 100 * np.median(np.array(rates[name]) / memory)
+    rows.append(f'| {labels[name]} | {np.median(rates[name]):.0f} | {share:.1f}% |')
+  rows += ['', f'{sizes.repeats} interleaved rounds of {sizes.pipeline_steps} steps at batch {b}; '
+           'in-memory rate per round: ' + ', '.join(f'{r:.0f}' for r in memory) + ' ex/s.']
+  for pipeline in (decoding, cached):
+    if pipeline is not None:
+      pipeline.close()
+  if cached is not None:  # the CPU a cached batch costs, built in this thread (no prefetch)
+    from crossmodal.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    serial = input_pipeline.make_pipeline(
+        run.source('train'), global_batch_size=b, seed=config.seed, process_index=0,
+        process_count=1, prefetch_threads=0)
+    next(serial)
+    cpu, wall = time.thread_time(), time.perf_counter()
+    for _ in range(sizes.pipeline_steps):
+      next(serial)
+    cpu_ms = 1e3 * (time.thread_time() - cpu) / sizes.pipeline_steps
+    wall_ms = 1e3 * (time.perf_counter() - wall) / sizes.pipeline_steps
+    step_ms = 1e3 * b / float(np.median(memory))
+    rows += ['', f'Building one cached batch of {b} in the calling thread takes {cpu_ms:.1f} ms '
+             f'of its CPU, {wall_ms:.1f} ms of wall time ({100 * wall_ms / step_ms:.1f}% of a '
+             f'{step_ms:.0f} ms training step).']
   # What the cache saves: decoding from a fresh (uncached) source, one example at a time.
-  from crossmodal.data import datasets  # pylint: disable=g-import-not-at-top
   fresh = datasets.get_source({**config.data.to_dict(), 'cache': False}, 'train')
   n = min(len(fresh), 50 * sizes.pipeline_steps)
   start, cpu = time.perf_counter(), time.process_time()

@@ -47,6 +47,33 @@ def test_batch_contract():
   np.testing.assert_array_equal(batch['image'][:, 0, 0, 0], batch['label'] % 256)
 
 
+def test_batch_is_the_stack_of_the_transformed_examples():
+  """Batches are built in place from source indices; they must equal stacking the transform of
+  each example (the straightforward definition), including the padded, masked eval batch."""
+  source = IdSource(13)
+  pipeline = make(size=13, shuffle=False, drop_remainder=False, num_epochs=1)
+  batches = take(pipeline, 2)
+  rows = [input_pipeline.to_model_example(source[i]) for i in range(13)]
+  rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * 3  # padding to 16
+  for k, batch in enumerate(batches):
+    expected = {key: np.stack([r[key] for r in rows[8 * k:8 * (k + 1)]]) for key in rows[0]}
+    assert sorted(batch) == sorted(expected) + ['mask']
+    for key, value in expected.items():
+      assert batch[key].dtype == value.dtype
+      np.testing.assert_array_equal(batch[key], value)
+  np.testing.assert_array_equal(batches[1]['mask'], [True] * 5 + [False] * 3)
+
+
+def test_examples_that_do_not_stack_are_named():
+  def ragged(example):
+    out = input_pipeline.to_model_example(example)
+    out['audio'] = out['audio'][:2 + int(out['label']) % 2]  # odd examples are longer
+    return out
+  pipeline = make(shuffle=False, transform=ragged)
+  with pytest.raises(ValueError, match=r"example 1 does not match the batch: 'audio' is \(3,\)"):
+    next(pipeline)
+
+
 def test_shards_are_disjoint_complete_and_assemble_the_single_process_batch():
   one = take(make(size=48, seed=5), 12)  # two epochs
   shards = [take(make(size=48, seed=5, process_index=p, process_count=2), 12) for p in (0, 1)]

@@ -6,10 +6,12 @@ of the pipeline is a pure function of (source, seed, k). That gives determinism 
 thread/worker scheduling, exact resumption from one integer, per-epoch reshuffles without a
 shuffle buffer, and no TensorFlow runtime in the training process.
 
-Layout of the example stream (all index arithmetic, nothing materialised):
-  source -> global shuffle (grain reseeds it every epoch) -> repeat(num_epochs)
-  -> per-example `transform` (+ `mask`) -> trim (drop_remainder) or pad (eval) to a multiple of
-  global_batch_size -> this process's block of every global batch -> batch(local_batch_size).
+Layout of the stream (index arithmetic on source indices, nothing materialised):
+  range(len(source)) -> global shuffle (grain reseeds it every epoch) -> repeat(num_epochs)
+  -> trim (drop_remainder) or pad (eval) to a multiple of global_batch_size -> this process's
+  block of every global batch -> batch(local_batch_size) -> read, `transform` and stack that
+  batch's examples (+ `mask`). Examples join the stream only per batch: passing each example
+  dict through grain's per-element chain cost more CPU than the rest of the pipeline together.
 Batching after repeat means a training batch may span an epoch boundary: no example is dropped
 or repeated within an epoch, and only the end of a finite run can be short.
 Global batch k is stream elements [k*G, (k+1)*G); process p reads rows [p*b, (p+1)*b) of it
@@ -87,30 +89,60 @@ def to_model_example(example: Mapping[str, Any]) -> Example:
   return out
 
 
-class _AddMask:
-  """Applies the user transform and marks the example as real (picklable for workers)."""
+class _BuildBatch:
+  """Source indices -> one batch: reads and transforms each example, stacks them once.
 
-  def __init__(self, transform: Callable[[Mapping[str, Any]], Example]):
-    self.transform = transform
+  The stream before batching carries only source indices (cheap to shuffle, repeat and slice
+  per element); examples are read and stacked here, per batch, which costs a fraction of
+  passing every example dict through the per-element chain (docs/performance.md). Index -1 is
+  a padding row: the zeroed first example, with `mask` False. Module-level and picklable, for
+  grain worker processes.
+  """
 
-  def __call__(self, example):
-    out = dict(self.transform(example))
+  def __init__(self, source, transform: Callable[[Mapping[str, Any]], Example], with_mask: bool):
+    self.source, self.transform, self.with_mask = source, transform, with_mask
+    self._padding = None
+
+  def example(self, index: int) -> Example:
+    out = self.transform(self.source[index])
     if MASK_KEY in out:
       raise KeyError(f'input_pipeline: transform output already has a {MASK_KEY!r} key')
-    out[MASK_KEY] = np.asarray(True)
     return out
 
+  def __call__(self, indices) -> Example:
+    indices = np.asarray(indices)
+    real = indices >= 0
+    batch = None
+    for row, (index, ok) in enumerate(zip(indices.tolist(), real.tolist())):
+      example = self.example(index) if ok else self._pad()
+      if batch is None:  # written in place: stacking fresh per-example copies cost 3x more
+        batch = {k: np.empty((len(indices),) + np.shape(v), np.asarray(v).dtype)
+                 for k, v in example.items()}
+      for key, value in example.items():
+        value = np.asarray(value)
+        if key not in batch or value.shape != batch[key].shape[1:] or (
+            value.dtype != batch[key].dtype):
+          expected = {k: (v.shape[1:], str(v.dtype)) for k, v in batch.items()}
+          raise ValueError(f'input_pipeline: example {index} does not match the batch: '
+                           f'{key!r} is {value.shape} {value.dtype}, expected {expected}')
+        batch[key][row] = value
+      if len(example) != len(batch):
+        raise ValueError(f'input_pipeline: example {index} has keys {sorted(example)}, the '
+                         f'batch has {sorted(batch)}')
+    if self.with_mask:
+      batch[MASK_KEY] = real
+    return batch
 
-def _padding_example(example: Example) -> Example:
-  padded = {key: np.zeros_like(value) for key, value in example.items()}
-  padded[MASK_KEY] = np.asarray(False)
-  return padded
+  def _pad(self) -> Example:
+    if self._padding is None:
+      self._padding = {k: np.zeros_like(v) for k, v in self.example(0).items()}
+    return self._padding
 
 
 class _PadToLength(grain.MapDataset):
   """Extends a finite dataset to `length` elements by repeating `pad` after its end."""
 
-  def __init__(self, parent: grain.MapDataset, length: int, pad: Example):
+  def __init__(self, parent: grain.MapDataset, length: int, pad: Any):
     super().__init__(parent)
     self._length, self._pad = length, pad
 
@@ -267,12 +299,10 @@ def make_pipeline(source, *, global_batch_size: int, seed: int, shuffle: bool = 
     raise ValueError(f'input_pipeline: source {source!r} is empty')
   local_batch_size = global_batch_size // process_count
 
-  stream = grain.MapDataset.source(source)
+  stream = grain.MapDataset.range(size)  # source indices; examples are read per batch
   if shuffle:
     stream = stream.shuffle(seed=_shuffle_seed(seed))
   stream = stream.repeat(num_epochs)
-  example_fn = transform if drop_remainder else _AddMask(transform)
-  stream = stream.map(example_fn)
   finite = num_epochs is not None
   if finite:
     total = len(stream)
@@ -284,9 +314,10 @@ def make_pipeline(source, *, global_batch_size: int, seed: int, shuffle: bool = 
       stream = stream[:total - total % global_batch_size]
     else:
       padded = math.ceil(total / global_batch_size) * global_batch_size
-      stream = _PadToLength(stream, padded, _padding_example(example_fn(source[0])))
+      stream = _PadToLength(stream, padded, -1)
   batches = _ProcessBlocks(stream, process_index, process_count, local_batch_size)
   batches = batches.batch(local_batch_size, drop_remainder=True)
+  batches = batches.map(_BuildBatch(source, transform, with_mask=not drop_remainder))
   if finite and start_index > len(batches):
     raise ValueError(f'input_pipeline: start_index={start_index} is past the end of this '
                      f'pipeline ({len(batches)} batches)')
