@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Runs every command of docs/results.md, in the page's order, and regenerates the files its
+# tables are copied from (each table's text names its file).
+#
+#   scripts/reproduce_results.sh              # all of it: about 20 hours on a 2-core CPU
+#   DRY_RUN=1 scripts/reproduce_results.sh    # print the commands only
+#   PYTHON=.venv/bin/python PARALLEL=2 scripts/reproduce_results.sh
+#
+# Safe to interrupt and rerun: the sweep runner skips finished runs and resumes interrupted
+# ones, `crossmodal.main` resumes from its last checkpoint, and each other step (an evaluation,
+# a copy, a report) leaves a marker in runs/.reproduce/ and is skipped once done. Run it from
+# the repository root; outputs go to runs/ (gitignored). tests/test_reproduce.py checks that
+# every command shown in docs/results.md is one this script runs.
+set -euo pipefail
+
+PYTHON="${PYTHON:-python}"
+PARALLEL="${PARALLEL:-2}"  # runs at a time in the sweeps
+DRY_RUN="${DRY_RUN:-0}"
+MARKERS=runs/.reproduce
+
+cd "$(dirname "$0")/.."
+
+# run CMD...: print the command as docs/results.md shows it, then run it ('python' is $PYTHON).
+run() {
+  echo "$*"
+  [[ "$DRY_RUN" == 1 ]] && return 0
+  if [[ "$1" == python ]]; then
+    "$PYTHON" "${@:2}"
+  else
+    "$@"
+  fi
+}
+
+# once NAME CMD...: run CMD unless step NAME already finished in an earlier invocation.
+once() {
+  local name="$1"; shift
+  if [[ "$DRY_RUN" != 1 && -e "$MARKERS/$name" ]]; then
+    echo "[done before] $*"
+    return 0
+  fi
+  run "$@"
+  [[ "$DRY_RUN" == 1 ]] || { mkdir -p "$MARKERS"; touch "$MARKERS/$name"; }
+}
+
+# sweep ARGS...: the sweep runner (skips and resumes by itself, so never marked done). A run
+# that fails shows as failed in the sweep's results.md; the reproduction goes on.
+sweep() {
+  echo "python scripts/ablate.py $*"
+  [[ "$DRY_RUN" == 1 ]] && return 0
+  local arg root=""
+  for arg in "$@"; do [[ "$arg" == --root=* ]] && root="${arg#--root=}"; done
+  "$PYTHON" scripts/ablate.py "$@" --parallel="$PARALLEL" || echo "[some runs failed: see $root/results.md]"
+}
+
+# --- AV-MNIST: recipe calibration, the main comparison, the fusion study --------------------
+sweep --config=experiments/avmnist.py --sweep=experiments/sweeps/calibration.py --seeds=1 --root=runs/calibration
+run python -m crossmodal.main --config=experiments/avmnist.py --workdir=runs/main/image_audio
+run python -m crossmodal.main --config=experiments/avmnist.py:modalities=audio --workdir=runs/main/audio
+run python -m crossmodal.main --config=experiments/avmnist.py:modalities=image --workdir=runs/main/image
+sweep --config=experiments/avmnist.py --sweep=experiments/sweeps/fusion.py --seeds=3 --root=runs/fusion
+sweep --config=experiments/avmnist.py --sweep=experiments/sweeps/crossattn.py --seeds=3 --root=runs/crossattn
+sweep --config=experiments/avmnist.py --sweep=experiments/sweeps/bottleneck.py --seeds=3 --root=runs/bottleneck
+
+# --- retrieval and reconstruction ------------------------------------------------------------
+run python -m crossmodal.main --config=experiments/avmnist_retrieval.py --workdir=runs/retrieval
+run python -m crossmodal.main --config=experiments/avmnist_retrieval.py:labels=true --workdir=runs/retrieval_labels
+run python -m crossmodal.main --config=experiments/avmnist_retrieval.py:loss=triplet --workdir=runs/retrieval_triplet
+run python -m crossmodal.main --config=experiments/avmnist_reconstruction.py --workdir=runs/reconstruction
+run python -m crossmodal.main --config=experiments/avmnist_reconstruction.py:snr=clean --workdir=runs/reconstruction_clean
+
+# --- robustness (evaluations of the fusion sweep's seed-0 checkpoints) -----------------------
+for f in late concat crossattn bottleneck; do
+  once "robustness_$f" python -m crossmodal.main --config=experiments/avmnist.py:fusion=$f,evals=robustness \
+      --workdir=runs/fusion/$f/seed0 --mode=eval
+done
+once robustness_image_only python -m crossmodal.main --config=experiments/avmnist.py:modalities=image,evals=robustness --workdir=runs/fusion/image_only/seed0 --mode=eval
+once robustness_audio_only python -m crossmodal.main --config=experiments/avmnist.py:modalities=audio,evals=robustness --workdir=runs/fusion/audio_only/seed0 --mode=eval
+sweep --config=experiments/avmnist.py:evals=robustness --sweep=experiments/sweeps/robustness.py --seeds=1 --root=runs/robustness
+run python scripts/robustness_report.py --root=runs/fusion,runs/robustness --reference=late --variants=image_only,audio_only,late,concat,crossattn,bottleneck,late_modality_dropout_0.3,concat_modality_dropout_0.3
+once attention_maps python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,evals=attention \
+    --workdir=runs/fusion/crossattn/seed0 --mode=eval
+
+# --- emoji: retrieval (best and last checkpoint) and fused classification --------------------
+sweep --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval
+for variant in held_out_concepts cross_style; do
+  split=held_out_twitter
+  [[ "$variant" == cross_style ]] && split=twitter_to_google
+  for seed in 0 1 2; do
+    last="runs/emoji_retrieval_last/$variant/seed$seed"
+    run mkdir -p "runs/emoji_retrieval_last/$variant"
+    once "emoji_last_copy_${variant}_$seed" cp -r "runs/emoji_retrieval/$variant/seed$seed" "$last"
+    once "emoji_last_eval_${variant}_$seed" python -m crossmodal.main --config=experiments/emoji_retrieval.py:split=$split \
+        --workdir="$last" --mode=eval --checkpoint=latest --config.seed=$seed
+  done
+done
+run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval_last --report_only
+sweep --config=experiments/emoji.py --sweep=experiments/sweeps/emoji.py --seeds=3 --root=runs/emoji
+
+echo "Tables: runs/calibration, runs/fusion, runs/crossattn, runs/bottleneck, runs/robustness,"
+echo "runs/emoji_retrieval, runs/emoji_retrieval_last, runs/emoji (results.md in each);"
+echo "retrieval and reconstruction: metrics.jsonl of each workdir (docs/results.md says which)."
