@@ -32,7 +32,7 @@ _AVMNIST = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = config_utils.parse_arg(arg, loss='infonce', labels=False, variant='pca',
+  a = config_utils.parse_arg(arg, loss='infonce', labels=False, variant=_AVMNIST.VARIANT,
                              snr=_AVMNIST.SNR_DB, subset=0, steps=2000)
   if a.loss not in config_utils.CONTRASTIVE_LOSSES:
     raise config_utils.ConfigError(f'avmnist_retrieval.py: loss={a.loss!r}; valid choices: '

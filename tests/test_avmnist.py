@@ -220,6 +220,28 @@ def test_pca_fitted_on_train_split_only(noisy, mnist):
     assert np.abs(projector(components) - projector(leaky.components_)).max() > 1e-4
 
 
+def test_pca_k_keeps_exactly_k_components(tmp_path, manual_dir, mnist):
+    from sklearn.decomposition import PCA as SkPCA
+
+    config = avmnist.resolve_config(f"pca5_n{N}")
+    assert (config.image, avmnist.pca_components(config.image)) == ("pca5", 5)
+    builder = _build(tmp_path, config, manual_dir, write_tfrecord=False)
+    components = np.load(Path(builder.data_path) / "pca_components.npy")
+    assert components.shape == (5, 784) and builder.info.metadata["pca_components"] == 5
+    ratio = np.load(Path(builder.data_path) / "pca_explained_variance_ratio.npy")
+    assert ratio[:5].sum() > avmnist.PCA_KEPT_VARIANCE  # more than the 25%-energy variant keeps
+    train = mnist["train_images"][: avmnist.VALIDATION_START].reshape(-1, 784).astype(np.float64)
+    ref = SkPCA(n_components=5, svd_solver="covariance_eigh").fit(train)
+    np.testing.assert_allclose(components.T @ components, ref.components_.T @ ref.components_, atol=1e-8)
+    e = _read_all(builder)["train"][0]
+    x = _source_image(mnist, "train", e["image_index"]).reshape(-1).astype(np.float64)
+    want = np.clip(np.rint(ref.mean_ + (x - ref.mean_) @ components.T @ components), 0, 255)
+    assert np.abs(e["image"].reshape(-1) - want).max() <= 1
+    for bad in ("pca0", "pca785", "pcax"):
+        with pytest.raises(ValueError, match="valid choices: clean, pca, pca<k>"):
+            avmnist.avmnist_config(image=bad)
+
+
 def test_pca_images_match_reference_reconstruction(noisy, noisy_examples, mnist):
     data = Path(noisy.data_path)
     c, mean = np.load(data / "pca_components.npy"), np.load(data / "pca_mean.npy")
