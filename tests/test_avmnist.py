@@ -237,9 +237,11 @@ def test_pca_k_keeps_exactly_k_components(tmp_path, manual_dir, mnist):
     x = _source_image(mnist, "train", e["image_index"]).reshape(-1).astype(np.float64)
     want = np.clip(np.rint(ref.mean_ + (x - ref.mean_) @ components.T @ components), 0, 255)
     assert np.abs(e["image"].reshape(-1) - want).max() <= 1
-    for bad in ("pca0", "pca785", "pcax"):
-        with pytest.raises(ValueError, match="valid choices: clean, pca, pca<k>"):
+    for bad in ("pca0", "pca785", "pcax", "pca05"):
+        with pytest.raises(ValueError, match=r"valid choices: clean, pca, pca<k> \(k components, 1 <= k <= 784\)"):
             avmnist.avmnist_config(image=bad)
+    with pytest.raises(ValueError, match="num_components=785"):
+        avmnist.fit_pca(np.zeros((2, 28, 28)), num_components=785)
 
 
 def test_pca_images_match_reference_reconstruction(noisy, noisy_examples, mnist):
@@ -355,8 +357,11 @@ def test_config_names_round_trip_and_unknown_config_lists_choices():
     assert avmnist.avmnist_config(image="pca", audio_snr_db=-5).name == "pca_snr-5"
     assert avmnist.resolve_config("pca_noisy").audio_snr_db == avmnist.DEFAULT_NOISY_SNR_DB
     assert avmnist.avmnist_config(image="pca") is avmnist.resolve_config("pca")
+    cfg = avmnist.resolve_config("pca5_snr-11_n64")
+    assert (cfg.image, cfg.audio_snr_db, cfg.max_examples_per_split) == ("pca5", -11.0, 64)
+    assert avmnist.avmnist_config(image="pca5", audio_snr_db=-11, max_examples_per_split=64).name == cfg.name
     assert avmnist.Avmnist(config="clean_pairseed3_n8").builder_config.pairing_seed == 3
-    for bad in ("foo", "pca_snr-5.0", "blurry_snr3"):
+    for bad in ("foo", "pca_snr-5.0", "blurry_snr3", "pca05", "pca785_snr-11", "pca1\u0665"):
         with pytest.raises(ValueError, match=r"Predefined: clean, pca, pca_noisy.*avmnist_config"):
             avmnist.Avmnist(config=bad)
     with pytest.raises(ValueError, match="Predefined: clean, pca, pca_noisy"):

@@ -112,6 +112,9 @@ def test_avmnist_bad_preset_lists_choices():
     module.get_config('fusion=attn')
   with pytest.raises(config_utils.ConfigError, match=r"variant='noisy'; valid choices"):
     module.get_config('variant=noisy')
+  with pytest.raises(config_utils.ConfigError, match=r"variant='pca785'; valid choices: .*pca<k>"):
+    module.get_config('variant=pca785')
+  assert module.get_config('variant=pca8,snr=-3').data.builder_config == 'pca8_snr-3'
 
 
 SWEEPS = sorted(glob.glob(os.path.join(REPO, 'experiments', 'sweeps', '*.py')))

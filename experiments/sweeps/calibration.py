@@ -18,4 +18,4 @@ SNRS_DB = ('-10', '-11', '-12', '-13')
 def get_sweep():
   return ([Variant(f'image_{v}', f'modalities=image,variant={v},snr=clean')
            for v in IMAGE_VARIANTS]
-          + [Variant(f'audio_snr{snr}', f'modalities=audio,snr={snr}') for snr in SNRS_DB])
+          + [Variant(f'audio_snr{snr}', f'modalities=audio,variant=pca,snr={snr}') for snr in SNRS_DB])
