@@ -5,7 +5,7 @@ picture of the digit), next to the fused classifier.
       --workdir=runs/reconstruction
 
 The images are clean MNIST (variant=clean: the decoder's targets are real digits, not the
-3-component PCA images of the default recipe); the audio keeps the -10 dB noise. The audio
+PCA images of the default recipe); the audio keeps the recipe's -11 dB noise. The audio
 encoder sees only audio, so whatever digit the decoder draws, it heard. The evaluator writes
 `eval/reconstruction_audio_to_image.png` (one row per digit: the class mean of the real test
 images, then images decoded from eight test recordings) and scores how often a decoded image
@@ -15,10 +15,10 @@ Presets: weight=<float> (reconstruction loss weight, default 1), snr, subset, st
 avmnist.py.
 
 Expected result (seed 0, 2000 steps, about 6 min on one CPU core; docs/results.md, with the
-pictures): a decoded image is nearest to its own digit's mean image for 49.26% of the 10,000
-test recordings at -10 dB (chance 10%; the real test images score 82.29% by the same rule),
-mean squared error 0.0624 per pixel; the fused classifier reaches 99.19% test accuracy. With
-snr=clean the decoded digits are plainly readable: 96.97%, mse 0.0546.
+pictures): a decoded image is nearest to its own digit's mean image for 39.82% of the 10,000
+test recordings at -11 dB (chance 10%; the real test images score 82.29% by the same rule),
+mean squared error 0.0633 per pixel; the fused classifier reaches 99.08% test accuracy. With
+snr=clean the decoded digits are plainly readable (docs/results.md).
 """
 import os
 

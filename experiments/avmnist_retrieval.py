@@ -12,12 +12,12 @@ AV-MNIST pairs an image and a recording only by their digit, so an instance-leve
 luck (about 1 in 1,000 same-digit candidates); recall by class is the measure, against a
 chance level of 10%.
 
-Expected result (seed 0, 2000 steps, about 7 min on one CPU core; docs/results.md), recall@1
+Expected result (seed 0, 2000 steps, about 8 min on a 2-core CPU; docs/results.md), recall@1
 by class over the 10,000 test examples, chance 10%:
-  labels=false  audio->image 42.64%  image->audio 45.78%  (median class rank 2 both ways)
-  labels=true   audio->image 45.77%  image->audio 46.33%  (median class rank 2 both ways)
-  loss=triplet  audio->image 40.22%  image->audio 43.56%  (median class rank 2 both ways)
-Instance recall@1 stays near its chance level of 0.01% (measured 0.01-0.09%): AV-MNIST pairs
+  labels=false  audio->image 52.19%  image->audio 66.04%  (median class rank 1 both ways)
+  labels=true   audio->image 56.74%  image->audio 68.23%  (median class rank 1 both ways)
+  loss=triplet  audio->image 52.74%  image->audio 65.12%  (median class rank 1 both ways)
+Instance recall@1 stays near its chance level of 0.01% (measured 0.03-0.09%): AV-MNIST pairs
 share only the digit.
 """
 import os
