@@ -21,8 +21,9 @@ The default recipe is `pca5_snr-11`: MNIST images rebuilt from 5 principal compo
 spoken digits with white noise at -11 dB, calibrated (experiments/sweeps/calibration.py) so that
 each modality alone sits near the original AV-MNIST papers' image ~74.5% / audio ~66%.
 
-Expected results: docs/results.md (test accuracy at the best validation checkpoint, seed 0,
-2000 steps; about 10 min for the fused model on a 2-core CPU).
+Expected results (test accuracy at the best validation checkpoint, seed 0, 2000 steps; about
+10 min for the fused model on a 2-core CPU; docs/results.md):
+  image+audio (concat) 91.69%   modalities=image 77.01%   modalities=audio 66.95%
 """
 import ml_collections
 

@@ -202,6 +202,8 @@ def fit_pca(
     or exactly `num_components` if given."""
     x = images.reshape(len(images), -1)
     n, d = x.shape
+    if num_components is not None and not 1 <= num_components <= d:
+        raise ValueError(f"fit_pca: num_components={num_components}; must be in 1..{d}.")
     total = np.zeros(d)
     gram = np.zeros((d, d))
     for start in range(0, n, chunk):
@@ -216,8 +218,6 @@ def fit_pca(
     eigvecs = eigvecs[:, order]
     ratio = eigvals / eigvals.sum()
     # "Up to" kept_variance: the most components whose cumulative share does not exceed it.
-    if num_components is not None and not 1 <= num_components <= d:
-        raise ValueError(f"fit_pca: num_components={num_components}; must be in 1..{d}.")
     k = num_components or max(1, int(np.searchsorted(np.cumsum(ratio), kept_variance, side="right")))
     components = eigvecs[:, :k].T
     # Fix the sign (largest-magnitude entry positive) so the stored basis is reproducible.
