@@ -34,7 +34,6 @@ from crossmodal.models import encoders as encoders_lib
 from crossmodal.models import fusion as fusion_lib
 from crossmodal.models import model as model_lib
 
-VARIANTS = ('pca', 'clean')  # and 'pca<k>'
 VARIANT = 'pca5'  # calibrated: image-only 77.0% test, papers ~74.5% (docs/results.md)
 SNR_DB = '-11'  # calibrated: audio-only 67.0% test, papers ~66% (docs/results.md)
 # Fusions that attend over tokens. The LeNets' final maps are 1x1 (one token), so for these the
@@ -54,8 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     avmnist_data.avmnist_config(image=a.variant)
   except ValueError:
     raise config_utils.ConfigError(
-        f"avmnist.py: variant={a.variant!r}; valid choices: {VARIANTS} or 'pca<k>' (k components, "
-        f"1 <= k <= 784)") from None
+        f'avmnist.py: variant={a.variant!r}; valid choices: {avmnist_data.IMAGE_CHOICES}') from None
   for m in a.modalities:
     _check('modalities', m, ('image', 'audio'))
   for name in a.evals:

@@ -38,6 +38,7 @@ DEFAULT_NOISY_SNR_DB = -10.0
 # their image-only accuracy with our PCA (docs/results.md#av-mnist-recipe-calibration).
 IMAGE_VARIANTS = ("clean", "pca")
 _PCA_K_RE = re.compile(r"pca([1-9][0-9]*)")
+IMAGE_CHOICES = f"{', '.join(IMAGE_VARIANTS)}, pca<k> (k components, 1 <= k <= {math.prod(IMAGE_SHAPE)})"
 SPLITS = ("train", "validation", "test")
 SPLIT_SIZES = {"train": 55000, "validation": 5000, "test": 10000}
 # MNIST train[:55000] -> train, train[55000:] -> validation, t10k -> test.
@@ -74,8 +75,7 @@ class AvmnistConfig(tfds.core.BuilderConfig):
         k = pca_components(self.image)
         if self.image not in IMAGE_VARIANTS and not (k and k <= math.prod(IMAGE_SHAPE)):
             raise ValueError(
-                f"AvmnistConfig.image={self.image!r}; valid choices: {', '.join(IMAGE_VARIANTS)}, "
-                f"pca<k> (k components, 1 <= k <= {math.prod(IMAGE_SHAPE)})."
+                f"AvmnistConfig.image={self.image!r}; valid choices: {IMAGE_CHOICES}."
             )
         if self.audio_snr_db is not None and not math.isfinite(self.audio_snr_db):
             raise ValueError(
