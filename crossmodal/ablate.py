@@ -11,7 +11,8 @@ would run by hand (`--dry_run` prints those commands, to send them elsewhere).
 
 Restarting a sweep continues it: a run whose `sweep_status.json` says `done` is skipped; any
 other run (failed, preempted, interrupted) is started again and `main` resumes it from its
-latest checkpoint. A failed run stays in the table as failed, with the reason from its log,
+latest checkpoint. The status file records the command; if the sweep now plans a different one
+for that workdir (an edited sweep file or base config), the runner refuses to start. A failed run stays in the table as failed, with the reason from its log,
 never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM), the run in progress
 gets SIGTERM too, which makes it save a checkpoint before it exits.
 
@@ -149,6 +150,22 @@ def read_status(workdir: str) -> dict[str, Any]:
 
 def _write_status(workdir: str, status: Mapping[str, Any]) -> None:
   files.write_file(os.path.join(workdir, STATUS), json.dumps(status, indent=2))
+
+
+def changed_runs(runs: Sequence[Run]) -> list[tuple[Run, str]]:
+  """Runs whose workdir was started with another command: a changed sweep file, base config
+  or seed list. Skipping or resuming them would mix two experiments under one name, so the
+  runner refuses to start until they are moved away. The interpreter and the workdir may differ
+  (another machine, a moved root)."""
+  def key(command: Sequence[str]) -> list[str]:
+    return [a for a in command[1:] if not a.startswith('--workdir=')]
+
+  changed = []
+  for run in runs:
+    recorded = read_status(run.workdir).get('command')
+    if recorded and key(shlex.split(recorded)) != key(run.command):
+      changed.append((run, recorded))
+  return changed
 
 
 def failure_reason(log_text: str, returncode: int) -> str:
@@ -501,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.dry_run:
     for r in runs:
       state = read_status(r.workdir).get('state', 'not started')
+      if changed_runs([r]):
+        state += ', started with a different command'
       print(f'# {r.variant.name} seed {r.seed} ({state})')
       print(shlex.join(r.command))
     return 0
@@ -508,6 +527,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if '://' in args.root:
       print(f'error: --root={args.root}: running needs a local directory (use --dry_run or '
             '--report_only for a gs:// root, or scripts/tpu_vm.py sweep)', file=sys.stderr)
+      return 2
+    changed = changed_runs(runs)
+    if changed:
+      print('error: these workdirs hold runs started with a different command; move them away '
+            'or use another --root:', file=sys.stderr)
+      for run, recorded in changed:
+        print(f'  {run.workdir}\n    was: {recorded}\n    now: {shlex.join(run.command)}',
+              file=sys.stderr)
       return 2
     run_all(runs, args.parallel)
   text, rows = report(runs, args.root, [v.name for v in variants])

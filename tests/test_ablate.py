@@ -190,3 +190,29 @@ def test_failure_reason_prefers_main_error_then_exception():
   assert ablate.failure_reason('', -9) == 'killed by signal 9'
   assert ablate.failure_reason('ValueError: old\n', -15) == 'killed by signal 15'
   assert ablate.failure_reason('', 75).startswith('preempted')
+
+
+def test_a_workdir_started_with_another_command_stops_the_sweep(sweep_file, tmp_path, capsys):
+  root = tmp_path / 'root'
+  args = [f'--config={CONFIG}', f'--sweep={sweep_file}', f'--root={root}', '--seeds=1']
+  runs = ablate.plan(CONFIG, ablate.load_sweep(sweep_file), [0], str(root))
+  concat, _, sum0 = runs
+  # Recorded by another interpreter in a root since moved, same arguments: the same run.
+  elsewhere = [a.replace(str(root), '/old/root') for a in concat.command[1:]]
+  files.write_file(os.path.join(concat.workdir, ablate.STATUS), json.dumps(
+      {'state': 'done', 'command': ' '.join(['/other/python'] + elsewhere)}))
+  # Recorded before the sweep file changed sum's learning rate: a different experiment.
+  old = [a.replace('optim.lr=0.01', 'optim.lr=0.1') for a in sum0.command]
+  files.write_file(os.path.join(sum0.workdir, ablate.STATUS),
+                   json.dumps({'state': 'done', 'command': ' '.join(old)}))
+  assert [r for r, _ in ablate.changed_runs(runs)] == [sum0]
+
+  assert ablate.main(args) == 2
+  err = capsys.readouterr().err
+  assert 'different command' in err and f'{root}/sum/seed0' in err
+  assert 'optim.lr=0.1' in err and f'{root}/concat' not in err
+  assert not (root / 'broken').exists()  # nothing was started
+  assert ablate.main(args + ['--dry_run']) == 0
+  out = capsys.readouterr().out
+  assert '# sum seed 0 (done, started with a different command)' in out
+  assert '# concat seed 0 (done)' in out
