@@ -19,7 +19,7 @@ gets SIGTERM too, which makes it save a checkpoint before it exits.
 Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the checkpoint
 chosen by validation accuracy: the `eval_test` record written by `--mode=train_and_eval`; the
 final periodic test accuracy; the validation curve; training examples/s), `run_info.json`
-(parameter count) and `sweep_status.json` (wall time summed over attempts). The scalar
+(parameter count, git commit) and `sweep_status.json` (wall time summed over attempts). The scalar
 results of evaluators (`eval_retrieval`, `eval_robustness`, ...: crossmodal/evaluators.py) become
 columns `<evaluator>/<metric>` of results.csv, and their headline metrics a second table. Reading goes
 through etils.epath, so `--report_only` / `--dry_run` also work on a gs:// root filled by runs
@@ -56,7 +56,7 @@ RUN_INFO = 'run_info.json'  # = train.RUN_INFO (not imported: the runner needs n
 PREEMPTED_EXIT_CODE = 75  # = crossmodal.main.PREEMPTED_EXIT_CODE: saved on SIGTERM, unfinished
 CSV_FIELDS = ('variant', 'seed', 'status', 'test_accuracy', 'test_macro_f1',
               'final_test_accuracy', 'best_validation_accuracy', 'num_params',
-              'examples_per_sec', 'wall_time_s', 'workdir', 'error')
+              'examples_per_sec', 'wall_time_s', 'code', 'workdir', 'error')
 # Splits of metrics.jsonl that are not evaluator records.
 _NOT_EVALUATORS = ('eval_test', 'eval_validation', 'eval_train')
 # Evaluator metrics shown in results.md (all of them go to results.csv).
@@ -295,10 +295,13 @@ def collect_run(run: Run) -> dict[str, Any]:
   if speeds:
     row['examples_per_sec'] = statistics.median(speeds)
   try:
-    row['num_params'] = json.loads((epath.Path(run.workdir) / RUN_INFO).read_text())[
-        'num_params']
-  except (FileNotFoundError, json.JSONDecodeError, KeyError):
-    pass
+    info = json.loads((epath.Path(run.workdir) / RUN_INFO).read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    info = {}
+  row['num_params'] = info.get('num_params')
+  code = info.get('code') or {}
+  if code.get('git_commit'):  # the commit of the latest attempt; runs before 2026-11-25 lack it
+    row['code'] = code['git_commit'][:12] + ('+dirty' if code.get('git_dirty') else '')
   latest = {r['split']: r for r in records  # the latest record of each evaluator
             if r['split'].startswith('eval_') and r['split'] not in _NOT_EVALUATORS}
   for split, r in latest.items():

@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import signal
+import subprocess
 from typing import Any, Callable
 
 from absl import logging
@@ -342,13 +343,36 @@ def _best_metric(config: Any) -> tuple[str, str]:
 RUN_INFO = 'run_info.json'
 
 
+def code_version() -> dict[str, Any]:
+  """The code a run used: the git commit of this checkout (None outside one), whether tracked
+  files had uncommitted changes, and the versions of the libraries that decide the numbers."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  here = os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args: str) -> str | None:
+    try:
+      out = subprocess.run(['git', '-C', here, *args], capture_output=True, text=True,
+                           timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+      return None
+    return out.stdout.strip()
+
+  commit = git('rev-parse', 'HEAD')
+  dirty = git('status', '--porcelain', '--untracked-files=no') if commit else None
+  return {'git_commit': commit, 'git_dirty': None if dirty is None else bool(dirty),
+          **{name: importlib.metadata.version(name)
+             for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint')}}
+
+
 def write_run_info(workdir: str, state: TrainState, run: _Run) -> None:
-  """`<workdir>/run_info.json`: what the sweep runner reports beside the metrics."""
+  """`<workdir>/run_info.json`: what the sweep runner reports beside the metrics, and the code
+  version of the latest attempt (rewritten on every start)."""
   from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
   info = {'num_params': model_lib.count_params(state.params),
           'params_by_part': model_lib.param_counts_by_part(state.params),
           'device_count': jax.device_count(), 'process_count': jax.process_count(),
-          'backend': jax.default_backend(), 'parallel': run.config.train.parallel}
+          'backend': jax.default_backend(), 'parallel': run.config.train.parallel,
+          'code': code_version()}
   files.write_file(os.path.join(workdir, RUN_INFO), json.dumps(info, indent=2) + '\n')
 
 

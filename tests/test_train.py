@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,6 +146,10 @@ def test_run_writes_metrics_config_and_checkpoints(trained):
     info = json.load(f)
   leaves = jax.tree.leaves(result.state.params)
   assert info['num_params'] == sum(x.size for x in leaves) == sum(info['params_by_part'].values())
+  head = subprocess.run(['git', '-C', os.path.dirname(train.__file__), 'rev-parse', 'HEAD'],
+                        capture_output=True, text=True)
+  assert info['code']['git_commit'] == (head.stdout.strip() if head.returncode == 0 else None)
+  assert info['code']['jax'] == jax.__version__ and info['code']['flax'] == flax.__version__
   val = by[('validation', 12)]
   assert val['num_examples'] == 40  # 40 examples in 2 batches of 32: padding not counted
   assert np.sum(val['confusion_matrix']) == 40
