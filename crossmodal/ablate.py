@@ -11,8 +11,9 @@ would run by hand (`--dry_run` prints those commands, to send them elsewhere).
 
 Restarting a sweep continues it: a run whose `sweep_status.json` says `done` is skipped; any
 other run (failed, preempted, interrupted) is started again and `main` resumes it from its
-latest checkpoint. The status file records the command; if the sweep now plans a different one
-for that workdir (an edited sweep file or base config), the runner refuses to start. A failed run stays in the table as failed, with the reason from its log,
+latest checkpoint. If a workdir holds another experiment than the sweep now plans there (its
+config.json differs from the resolved config: an edited sweep file or base config), the runner
+refuses to start rather than mix the two. A failed run stays in the table as failed, with the reason from its log,
 never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM), the run in progress
 gets SIGTERM too, which makes it save a checkpoint before it exits.
 
@@ -89,6 +90,8 @@ class Run:
   seed: int
   workdir: str
   command: tuple[str, ...]
+  config: str = ''  # `path[:arg]` as --config gets it
+  extra_args: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- planning
@@ -134,7 +137,7 @@ def plan(config: str, variants: Sequence[Variant], seeds: Sequence[int], root: s
                  f'--mode={mode}', f'--config.seed={seed}']
       command += [f'--config.{k}={_format_value(x)}' for k, x in v.overrides.items()]
       command += list(extra_args)
-      runs.append(Run(v, seed, workdir, tuple(command)))
+      runs.append(Run(v, seed, workdir, tuple(command), spec, tuple(extra_args)))
   return runs
 
 
@@ -152,19 +155,51 @@ def _write_status(workdir: str, status: Mapping[str, Any]) -> None:
   files.write_file(os.path.join(workdir, STATUS), json.dumps(status, indent=2))
 
 
+def planned_config(run: Run) -> dict[str, Any] | None:
+  """The resolved config `main` will write to the run's config.json; None when extra command
+  arguments (strings absl parses) or a config that does not load leave it to the command."""
+  if run.extra_args or not run.config:
+    return None
+  try:
+    config = config_utils.load_config_file(run.config)
+    config.seed = run.seed
+    for key, value in run.variant.overrides.items():
+      *parents, last = key.split('.')
+      node = config
+      for name in parents:
+        node = node[name]
+      node[last] = value
+  except Exception:  # pylint: disable=broad-except  (main reports what is wrong)
+    return None
+  return config_utils.to_dict(config)
+
+
 def changed_runs(runs: Sequence[Run]) -> list[tuple[Run, str]]:
-  """Runs whose workdir was started with another command: a changed sweep file, base config
-  or seed list. Skipping or resuming them would mix two experiments under one name, so the
-  runner refuses to start until they are moved away. The interpreter and the workdir may differ
-  (another machine, a moved root)."""
+  """Runs whose workdir holds another experiment than the sweep now plans there: the resolved
+  config differs from the workdir's config.json (an edited sweep file, base config file or
+  preset), or, before config.json exists, the recorded command differs (interpreter and
+  workdir aside: another machine, a moved root). Skipping or resuming them would mix two
+  experiments under one name, so the runner refuses to start until they are moved away.
+  Returns (run, what differs)."""
   def key(command: Sequence[str]) -> list[str]:
     return [a for a in command[1:] if not a.startswith('--workdir=')]
 
   changed = []
   for run in runs:
-    recorded = read_status(run.workdir).get('command')
-    if recorded and key(shlex.split(recorded)) != key(run.command):
-      changed.append((run, recorded))
+    status = read_status(run.workdir)
+    if not status:
+      continue
+    try:
+      recorded = json.loads((epath.Path(run.workdir) / 'config.json').read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+      recorded = None
+    planned = planned_config(run) if recorded is not None else None
+    if planned is not None:
+      diff = config_utils.config_diff(recorded, planned)
+      if diff:
+        changed.append((run, 'config.json differs: ' + '; '.join(diff)))
+    elif status.get('command') and key(shlex.split(status['command'])) != key(run.command):
+      changed.append((run, f'started as: {status["command"]}'))
   return changed
 
 
@@ -330,19 +365,21 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list[dict[str, Any]]:
-  """Per variant: mean and sample std over its finished seeds, and what failed and why."""
+  """Per variant: mean and sample std over its finished seeds (`n`: how many had each value),
+  and what failed and why."""
   out = []
   for name in order:
     mine = [r for r in rows if r['variant'] == name]
     ok = [r for r in mine if r['status'] == 'done']
     agg: dict[str, Any] = {'variant': name, 'runs': len(mine), 'done': len(ok),
                            'failures': [(r['seed'], r['status'], r['error']) for r in mine
-                                        if r['status'] != 'done']}
+                                        if r['status'] != 'done'], 'n': {}}
     for key in ('test_accuracy', 'test_macro_f1', 'final_test_accuracy',
                 'best_validation_accuracy', 'examples_per_sec', 'wall_time_s', 'num_params',
                 *evaluator_columns(rows)):
       values = [r[key] for r in ok if r.get(key) is not None]
       agg[key] = _mean_std(values) if values else None
+      agg['n'][key] = len(values)
     out.append(agg)
   return out
 
@@ -367,24 +404,23 @@ def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
            '|---|---|---|---|---|---|---|---|---|']
   for a in table:
     name = f'**{a["variant"]}** (best)' if a['variant'] == best else a['variant']
-    n = a['done']
-    runs = f'{n}/{a["runs"]}'
+    runs = f'{a["done"]}/{a["runs"]}'
     if a['failures']:
       reasons = '; '.join(f'seed {s} {state}' + (f': {err}' if err else '')
                           for s, state, err in a['failures'])
       runs += f' ({reasons})'.replace('|', '\\|')
     params = f'{a["num_params"][0]:,.0f}' if a['num_params'] else '-'
-    lines.append(f'| {name} | {_pm(a["test_accuracy"], n)} | {_pm(a["test_macro_f1"], n)} | '
-                 f'{_pm(a["final_test_accuracy"], n)} | '
-                 f'{_pm(a["best_validation_accuracy"], n)} | {params} | '
-                 f'{_pm(a["examples_per_sec"], n, 1, 0)} | {_pm(a["wall_time_s"], n, 1, 0)} | '
-                 f'{runs} |')
+    pm = lambda k, *fmt: _pm(a[k], a['n'][k], *fmt)
+    lines.append(f'| {name} | {pm("test_accuracy")} | {pm("test_macro_f1")} | '
+                 f'{pm("final_test_accuracy")} | {pm("best_validation_accuracy")} | {params} | '
+                 f'{pm("examples_per_sec", 1, 0)} | {pm("wall_time_s", 1, 0)} | {runs} |')
   return '\n'.join(lines) + '\n'
 
 
 def evaluator_table(table: Sequence[Mapping[str, Any]]) -> str:
   """Variant | each headline evaluator metric (HEADLINES), mean ± std over finished seeds;
-  empty when no run has evaluator records. Accuracies and recalls in %, ranks and errors raw."""
+  empty when no run has evaluator records. Accuracies and recalls in %, ranks and errors raw;
+  a value that only some finished seeds have says how many (`(1/3 seeds)`)."""
   keys = [k for k in table[0] if any(re.match(h, k) for h in HEADLINES)] if table else []
   keys = [k for k in keys if any(a[k] is not None for a in table)]
   if not keys:
@@ -393,8 +429,10 @@ def evaluator_table(table: Sequence[Mapping[str, Any]]) -> str:
   header = [k + ('' if raw(k) else ' (%)') for k in keys]
   lines = ['| variant | ' + ' | '.join(header) + ' |', '|---' * (len(keys) + 1) + '|']
   for a in table:
-    cells = [_pm(a[k], a['done'], 1 if raw(k) else 100, 4 if k.endswith('mse') else
-                 1 if raw(k) else 2) for k in keys]
+    cells = [_pm(a[k], a['n'][k], 1 if raw(k) else 100, 4 if k.endswith('mse') else
+                 1 if raw(k) else 2)
+             + (f' ({a["n"][k]}/{a["done"]} seeds)' if 0 < a['n'][k] < a['done'] else '')
+             for k in keys]
     lines.append(f'| {a["variant"]} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -521,9 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.dry_run:
     for r in runs:
       state = read_status(r.workdir).get('state', 'not started')
-      if changed_runs([r]):
-        state += ', started with a different command'
       print(f'# {r.variant.name} seed {r.seed} ({state})')
+      for _, what in changed_runs([r]):
+        print(f'# ... but its workdir holds another experiment: {what}')
       print(shlex.join(r.command))
     return 0
   if not args.report_only:
@@ -533,11 +571,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 2
     changed = changed_runs(runs)
     if changed:
-      print('error: these workdirs hold runs started with a different command; move them away '
-            'or use another --root:', file=sys.stderr)
-      for run, recorded in changed:
-        print(f'  {run.workdir}\n    was: {recorded}\n    now: {shlex.join(run.command)}',
-              file=sys.stderr)
+      print('error: these workdirs hold another experiment than the sweep plans there; move '
+            'them away or use another --root:', file=sys.stderr)
+      for run, what in changed:
+        print(f'  {run.workdir}: {what}\n    now: {shlex.join(run.command)}', file=sys.stderr)
       return 2
     run_all(runs, args.parallel)
   text, rows = report(runs, args.root, [v.name for v in variants])

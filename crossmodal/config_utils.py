@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import types
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from etils import epath
 import ml_collections
@@ -301,6 +301,31 @@ def write_config(config: Any, workdir: str) -> str:
   path = os.path.join(workdir, 'config.json')
   files.write_file(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + '\n')
   return path
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = '') -> list[str]:
+  """'dotted.key: old -> new' for every leaf where two `to_dict` configs differ."""
+  out = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, '<absent>'), new.get(key, '<absent>')
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      out += config_diff(a, b, f'{prefix}{key}.')
+    elif a != b:
+      out.append(f'{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}')
+  return out
+
+
+def check_same_config(config: Any, workdir: str) -> None:
+  """Refuses to resume `workdir` with a config other than the one its run was started with
+  (`config.json`): continuing would mix two experiments in one set of checkpoints and metrics."""
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    return
+  diff = config_diff(json.loads(path.read_text()), to_dict(config))
+  if diff:
+    raise ConfigError(
+        f'{workdir} holds a run of another config; this config differs in: '
+        f'{"; ".join(diff)}. Use a new --workdir (or delete {path} to resume anyway).')
 
 
 def check_overrides(config: Any, overrides: Iterable[str]) -> None:

@@ -428,6 +428,7 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
   if ckpt.latest_step() is None:
     state = run.initial_state()
   else:
+    config_utils.check_same_config(config, workdir)
     state, position, meta = ckpt.restore(run.initial_state(abstract=True))
     start_step = int(meta['step'])
     logging.info('resumed from %s step %d (input position %d)', ckpt.directory, start_step,

@@ -178,6 +178,12 @@ def test_evaluator_records_become_columns_and_a_table(tmp_path):
                                   'retrieval/audio_to_image/class/recall@1 (%) |')
   assert text.splitlines()[2] == '| clip | 3.0 ± 1.4 | 50.00 ± 14.14 |'
   assert ablate.evaluator_table(ablate.aggregate(rows[:0], ['clip'])) == ''
+  # A third finished seed without the evaluator: the table says the value is of 2 of 3 seeds.
+  third = {**rows[1], 'seed': 2, **{k: None for k in ablate.evaluator_columns(rows)}}
+  text = ablate.evaluator_table(ablate.aggregate(rows + [third], ['clip']))
+  assert text.splitlines()[2] == '| clip | 3.0 ± 1.4 (2/3 seeds) | 50.00 ± 14.14 (2/3 seeds) |'
+  one = ablate.evaluator_table(ablate.aggregate([rows[0], third], ['clip']))
+  assert one.splitlines()[2] == '| clip | 2.0 (1/2 seeds) | 40.00 (1/2 seeds) |'
   # No validation accuracy anywhere: the curves are of the validation loss instead.
   assert ablate.validation_curve(runs[1]) == []
   assert ablate.validation_curve(runs[1], 'loss') == [(5, 1.2)]
@@ -195,27 +201,43 @@ def test_failure_reason_prefers_main_error_then_exception():
   assert ablate.failure_reason('', 75).startswith('preempted')
 
 
-def test_a_workdir_started_with_another_command_stops_the_sweep(sweep_file, tmp_path, capsys):
+def test_a_workdir_holding_another_experiment_stops_the_sweep(sweep_file, tmp_path, capsys):
   root = tmp_path / 'root'
-  args = [f'--config={CONFIG}', f'--sweep={sweep_file}', f'--root={root}', '--seeds=1']
-  runs = ablate.plan(CONFIG, ablate.load_sweep(sweep_file), [0], str(root))
-  concat, _, sum0 = runs
-  # Recorded by another interpreter in a root since moved, same arguments: the same run.
-  elsewhere = [a.replace(str(root), '/old/root') for a in concat.command[1:]]
-  files.write_file(os.path.join(concat.workdir, ablate.STATUS), json.dumps(
-      {'state': 'done', 'command': ' '.join(['/other/python'] + elsewhere)}))
-  # Recorded before the sweep file changed sum's learning rate: a different experiment.
-  old = [a.replace('optim.lr=0.01', 'optim.lr=0.1') for a in sum0.command]
-  files.write_file(os.path.join(sum0.workdir, ablate.STATUS),
-                   json.dumps({'state': 'done', 'command': ' '.join(old)}))
-  assert [r for r, _ in ablate.changed_runs(runs)] == [sum0]
+  args = [f'--config={CONFIG}', f'--sweep={sweep_file}', f'--root={root}', '--seeds=2']
+  runs = ablate.plan(CONFIG, ablate.load_sweep(sweep_file), [0, 1], str(root))
+  concat0, concat1, _, _, sum0, sum1 = runs
+
+  def started(run, command, config=None):
+    files.write_file(os.path.join(run.workdir, ablate.STATUS),
+                     json.dumps({'state': 'done', 'command': ' '.join(command)}))
+    if config is not None:
+      files.write_file(os.path.join(run.workdir, 'config.json'), json.dumps(config))
+
+  # Another interpreter, a root since moved, the same arguments: the same run.
+  started(concat0, ['/other/python'] + [a.replace(str(root), '/old') for a in concat0.command[1:]])
+  # Another command line that resolves to the same config (config.json decides): the same run.
+  config = ablate.planned_config(concat1)
+  assert config['seed'] == 1 and config['model']['fusion']['type'] == 'concat'
+  started(concat1, [a.replace('size=tiny', 'size=tiny,fusion=concat') for a in concat1.command],
+          config)
+  # Started before the sweep file changed sum's learning rate, no config.json yet: the command.
+  started(sum0, [a.replace('optim.lr=0.01', 'optim.lr=0.1') for a in sum0.command])
+  # The same command, but the base config file has changed since: config.json.
+  config = ablate.planned_config(sum1)
+  assert config['optim']['lr'] == 0.01
+  started(sum1, sum1.command, {**config, 'optim': {**config['optim'], 'lr': 0.003}})
+  changed = ablate.changed_runs(runs)
+  assert [r for r, _ in changed] == [sum0, sum1]
+  assert 'started as:' in changed[0][1] and 'optim.lr=0.1' in changed[0][1]
+  assert changed[1][1] == 'config.json differs: optim.lr: 0.003 -> 0.01'
 
   assert ablate.main(args) == 2
   err = capsys.readouterr().err
-  assert 'different command' in err and f'{root}/sum/seed0' in err
-  assert 'optim.lr=0.1' in err and f'{root}/concat' not in err
+  assert 'another experiment' in err and f'{root}/sum/seed0: started as:' in err
+  assert f'{root}/sum/seed1: config.json differs: optim.lr: 0.003 -> 0.01' in err
+  assert f'{root}/concat' not in err
   assert not (root / 'broken').exists()  # nothing was started
   assert ablate.main(args + ['--dry_run']) == 0
   out = capsys.readouterr().out
-  assert '# sum seed 0 (done, started with a different command)' in out
-  assert '# concat seed 0 (done)' in out
+  assert out.count('holds another experiment') == 2
+  assert '# concat seed 0 (done)\n/' in out

@@ -9,6 +9,7 @@ and SIGTERMed at arbitrary steps and restarted ends bitwise equal to an uninterr
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -188,12 +189,21 @@ def test_restart_on_finished_workdir_trains_nothing(trained):
   assert not [r for r in records if r['split'] == 'train']
 
 
-def test_checkpoint_of_another_model_is_rejected_with_parameter_names(trained):
+def test_resuming_with_another_config_is_refused_naming_the_difference(trained, tmp_path):
   config, workdir, _ = trained
   other = tiny_config()
-  other.model.dim = 12
-  with pytest.raises(ValueError, match=r'params/.*shape/dtype mismatch|shape/dtype mismatch'):
+  other.model.dim, other.optim.lr = 12, 0.5
+  with pytest.raises(config_utils.ConfigError) as e:
     train.train_and_evaluate(other, workdir)
+  assert f'model.dim: {config.model.dim} -> 12' in str(e.value)
+  assert f'optim.lr: {config.optim.lr} -> 0.5' in str(e.value)
+  assert 'seed' not in str(e.value)  # only what differs
+  # Without its config.json, the checkpoint itself still refuses another model.
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  os.remove(os.path.join(copy, 'config.json'))
+  with pytest.raises(ValueError, match=r'params/.*shape/dtype mismatch|shape/dtype mismatch'):
+    train.train_and_evaluate(other, copy)
 
 
 def test_second_run_on_locked_workdir_refuses(tmp_path):
