@@ -14,8 +14,8 @@ other run (failed, preempted, interrupted) is started again and `main` resumes i
 latest checkpoint. If a workdir holds another experiment than the sweep now plans there (its
 config.json differs from the resolved config: an edited sweep file or base config), the runner
 refuses to start rather than mix the two. A failed run stays in the table as failed, with the reason from its log,
-never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM), the run in progress
-gets SIGTERM too, which makes it save a checkpoint before it exits.
+never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM), it starts nothing
+new and sends SIGTERM to the runs in progress, which save a checkpoint and exit.
 
 Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the checkpoint
 chosen by validation accuracy: the `eval_test` record written by `--mode=train_and_eval`; the
@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -220,6 +221,19 @@ def failure_reason(log_text: str, returncode: int) -> str:
   return f'exit code {returncode}'
 
 
+# Runs in progress, so a signal to the runner reaches them (`stop_runs`); set when stopping.
+_live: set[subprocess.Popen] = set()
+_stopping = threading.Event()
+
+
+def stop_runs(signum: int, frame: Any = None) -> None:  # pylint: disable=unused-argument
+  """Signal handler: start no more runs and SIGTERM the ones in progress, which save a
+  checkpoint and exit (`preempted`); the next start of the sweep resumes them."""
+  _stopping.set()
+  for process in list(_live):
+    process.send_signal(signal.SIGTERM)
+
+
 def execute(run: Run, poll_seconds: float = 10.0, env: Mapping[str, str] | None = None
             ) -> dict[str, Any]:
   """Runs (or resumes) one run unless it is done; returns its final status.
@@ -240,8 +254,13 @@ def execute(run: Run, poll_seconds: float = 10.0, env: Mapping[str, str] | None 
   with open(os.path.join(run.workdir, LOG), 'a', encoding='utf-8') as log:
     log.write(f'\n===== attempt {status["attempts"]}: {status["command"]}\n')
     log.flush()
+    # Its own session: Ctrl-C in the terminal reaches the runner alone, which then SIGTERMs
+    # the run (a SIGINT would kill it without a checkpoint).
     process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})})
+                               env={**os.environ, **(env or {})}, start_new_session=True)
+    _live.add(process)
+    if _stopping.is_set():  # the signal came between the check in run_all and the start
+      process.send_signal(signal.SIGTERM)
     try:
       while True:
         try:
@@ -251,9 +270,10 @@ def execute(run: Run, poll_seconds: float = 10.0, env: Mapping[str, str] | None 
           status['wall_time_s'] = base_wall + time.monotonic() - start
           _write_status(run.workdir, status)
     finally:
-      if process.poll() is None:  # the runner is being stopped: let the run save and exit
+      if process.poll() is None:  # the runner is failing: let the run save and exit
         process.terminate()
         process.wait()
+      _live.discard(process)
   status['wall_time_s'] = base_wall + time.monotonic() - start
   status['returncode'] = returncode
   if returncode == 0:
@@ -276,6 +296,8 @@ def run_all(runs: Sequence[Run], parallel: int = 1, log=print) -> None:
   lock = threading.Lock()
 
   def one(run: Run) -> None:
+    if _stopping.is_set():
+      return
     before = read_status(run.workdir).get('state')
     if before == 'done':
       with lock:
@@ -576,7 +598,19 @@ def main(argv: Sequence[str] | None = None) -> int:
       for run, what in changed:
         print(f'  {run.workdir}: {what}\n    now: {shlex.join(run.command)}', file=sys.stderr)
       return 2
-    run_all(runs, args.parallel)
+    received = []
+    handlers = {s: signal.signal(s, lambda n, f: (received.append(n), stop_runs(n)))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+      run_all(runs, args.parallel)
+    finally:
+      for s, handler in handlers.items():
+        signal.signal(s, handler)
+      _stopping.clear()
+    if received:
+      print(f'stopped by {signal.Signals(received[0]).name}: the runs in progress saved a '
+            'checkpoint; the same command continues the sweep', file=sys.stderr)
+      return 128 + received[0]
   text, rows = report(runs, args.root, [v.name for v in variants])
   print(text)
   print(f'results: {os.path.join(args.root, "results.md")}, results.csv, accuracy.png, '

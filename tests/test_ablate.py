@@ -2,7 +2,11 @@
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 
 import pytest
 
@@ -241,3 +245,32 @@ def test_a_workdir_holding_another_experiment_stops_the_sweep(sweep_file, tmp_pa
   out = capsys.readouterr().out
   assert out.count('holds another experiment') == 2
   assert '# concat seed 0 (done)\n/' in out
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_and_the_run_in_progress_saves(tmp_path, monkeypatch):
+  """Ctrl-C reaches the runner's process group: the run in progress (in its own session) gets
+  SIGTERM from the runner, saves a checkpoint and is marked preempted; nothing else starts."""
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'jax_cache'))
+  sweep = tmp_path / 'long.py'
+  sweep.write_text('from crossmodal.ablate import Variant\n'
+                   'def get_sweep():\n'
+                   '  return [Variant("long", "fusion=concat", {"train.num_steps": 100000})]\n')
+  root = tmp_path / 'root'
+  runner = subprocess.Popen(
+      [sys.executable, os.path.join(REPO, 'scripts', 'ablate.py'), f'--config={CONFIG}',
+       f'--sweep={sweep}', f'--root={root}', '--seeds=2'],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  metrics = root / 'long' / 'seed0' / 'metrics.jsonl'
+  deadline = time.monotonic() + 240
+  while not (metrics.exists() and '"train"' in metrics.read_text()):
+    assert runner.poll() is None and time.monotonic() < deadline, runner.stdout.read()
+    time.sleep(0.5)
+  os.killpg(runner.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+  out, _ = runner.communicate(timeout=120)
+  assert runner.returncode == 128 + signal.SIGINT, out
+  assert 'stopped by SIGINT' in out and '[preempted] long seed 0' in out, out
+  status = ablate.read_status(str(root / 'long' / 'seed0'))
+  assert status['state'] == 'preempted' and status['returncode'] == ablate.PREEMPTED_EXIT_CODE
+  assert os.listdir(root / 'long' / 'seed0' / 'checkpoints')
+  assert not (root / 'long' / 'seed1').exists()  # not started after the signal
