@@ -316,7 +316,8 @@ def run_all(runs: Sequence[Run], parallel: int = 1, log=print) -> None:
     for run in runs:
       one(run)
     return
-  # The first run alone: it prepares the dataset if needed, which concurrent runs would race.
+  # The first run alone: it prepares the dataset if needed, which concurrent runs would each
+  # build (tfds_formats.prepare_once makes that safe, but it wastes the time).
   one(runs[0])
   with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
     list(pool.map(one, runs[1:]))
@@ -439,15 +440,16 @@ def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def evaluator_table(table: Sequence[Mapping[str, Any]]) -> str:
-  """Variant | each headline evaluator metric (HEADLINES), mean ± std over finished seeds;
+def evaluator_table(table: Sequence[Mapping[str, Any]],
+                    headlines: Sequence[str] = HEADLINES) -> str:
+  """Variant | each evaluator metric matching `headlines`, mean ± std over finished seeds;
   empty when no run has evaluator records. Accuracies and recalls in %, ranks and errors raw;
   a value that only some finished seeds have says how many (`(1/3 seeds)`)."""
-  keys = [k for k in table[0] if any(re.match(h, k) for h in HEADLINES)] if table else []
+  keys = [k for k in table[0] if any(re.search(h, k) for h in headlines)] if table else []
   keys = [k for k in keys if any(a[k] is not None for a in table)]
   if not keys:
     return ''
-  raw = lambda k: k.endswith(('median_rank', 'mse'))
+  raw = lambda k: k.endswith(('rank', 'mse')) or k.rsplit('/', 1)[-1].startswith('num_')
   header = [k + ('' if raw(k) else ' (%)') for k in keys]
   lines = ['| variant | ' + ' | '.join(header) + ' |', '|---' * (len(keys) + 1) + '|']
   for a in table:
@@ -555,9 +557,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--parallel', type=int, default=1, help='runs at once (default 1)')
   p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   p.add_argument('--report_only', action='store_true', help='collect results, run nothing')
+  p.add_argument('--metrics', default='', help='comma-separated regexes: print mean ± std '
+                 'over seeds of the evaluator columns matching any (e.g. recall@,median_rank) '
+                 'and exit; runs and writes nothing')
   args = p.parse_args(argv)
   if args.seeds < 1 or args.parallel < 1:
     p.error('--seeds and --parallel must be >= 1')
+  args.metrics = [m for m in args.metrics.split(',') if m]
+  for m in args.metrics:
+    try:
+      re.compile(m)
+    except re.error as e:
+      p.error(f'--metrics: {m!r}: {e}')
   return args
 
 
@@ -578,6 +589,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [v for v in variants if v.name in wanted]
   seeds = range(args.first_seed, args.first_seed + args.seeds)
   runs = plan(args.config, variants, seeds, args.root)
+  if args.metrics:
+    table = aggregate([collect_run(r) for r in runs], [v.name for v in variants])
+    print(evaluator_table(table, args.metrics) or
+          f'no evaluator column of a finished run matches {",".join(args.metrics)}')
+    return 0
   if args.dry_run:
     for r in runs:
       state = read_status(r.workdir).get('state', 'not started')

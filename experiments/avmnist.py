@@ -14,7 +14,7 @@ Presets (after ':', comma-separated), e.g. --config=experiments/avmnist.py:fusio
   subset=<n>           use only the first n examples of each split (0 = all; for quick checks)
   steps=<n>            training steps (default 2000, about 2.3 epochs of batch 64)
   evals=<a>+<b>        evaluators run on the best checkpoint after training and by --mode=eval
-                       (crossmodal/evaluators.py): robustness, retrieval, attention
+                       (crossmodal/evaluators.py), e.g. robustness, retrieval, attention
 Any field can still be overridden, e.g. --config.optim.lr=3e-4 --config.data.data_dir=/data/tfds.
 
 The default recipe is `pca5_snr-11`: MNIST images rebuilt from 5 principal components and

@@ -82,6 +82,8 @@ once attention_maps python -m crossmodal.main --config=experiments/avmnist.py:fu
 
 # --- emoji: retrieval (best and last checkpoint) and fused classification --------------------
 sweep --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval
+run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval --metrics=recall@5,median_rank
+run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval --metrics=zero_shot/
 for variant in held_out_concepts cross_style; do
   split=held_out_twitter
   [[ "$variant" == cross_style ]] && split=twitter_to_google
@@ -93,7 +95,9 @@ for variant in held_out_concepts cross_style; do
         --workdir="$last" --mode=eval --checkpoint=latest --config.seed=$seed
   done
 done
-run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval_last --report_only
+run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval_last --report_only \
+    || echo "[some runs of runs/emoji_retrieval_last are missing: see its results.md]"
+run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval_last --metrics=zero_shot/
 sweep --config=experiments/emoji.py --sweep=experiments/sweeps/emoji.py --seeds=3 --root=runs/emoji
 
 echo "Tables: runs/calibration, runs/fusion, runs/crossattn, runs/bottleneck, runs/robustness,"

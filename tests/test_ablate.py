@@ -160,7 +160,7 @@ def test_plot_says_why_a_variant_has_no_accuracy():
       'failed', 'not finished', 'no classifier']
 
 
-def test_evaluator_records_become_columns_and_a_table(tmp_path):
+def test_evaluator_records_become_columns_and_a_table(tmp_path, capsys):
   """eval_<evaluator> records -> `<evaluator>/<metric>` columns; headline metrics -> a table.
   A contrastive-only run (no accuracy in its eval_test record) still counts as done."""
   runs = ablate.plan(CONFIG, [ablate.Variant('clip')], [0, 1], str(tmp_path))
@@ -188,6 +188,16 @@ def test_evaluator_records_become_columns_and_a_table(tmp_path):
   assert text.splitlines()[2] == '| clip | 3.0 ± 1.4 (2/3 seeds) | 50.00 ± 14.14 (2/3 seeds) |'
   one = ablate.evaluator_table(ablate.aggregate([rows[0], third], ['clip']))
   assert one.splitlines()[2] == '| clip | 2.0 (1/2 seeds) | 40.00 (1/2 seeds) |'
+  # --metrics: any evaluator columns, printed; counts stay raw; nothing is written.
+  sweep = tmp_path / 'clip.py'
+  sweep.write_text('from crossmodal.ablate import Variant\ndef get_sweep():\n'
+                   '  return [Variant("clip")]\n')
+  args = [f'--config={CONFIG}', f'--sweep={sweep}', f'--root={tmp_path}', '--seeds=2']
+  assert ablate.main(args + ['--metrics=instance/recall@5,num_examples']) == 0
+  assert capsys.readouterr().out.splitlines()[2] == '| clip | 10.00 ± 0.00 | 40.0 ± 0.0 |'
+  assert not (tmp_path / 'results.md').exists()
+  assert ablate.main(args + ['--metrics=recall@50']) == 0
+  assert 'no evaluator column' in capsys.readouterr().out
   # No validation accuracy anywhere: the curves are of the validation loss instead.
   assert ablate.validation_curve(runs[1]) == []
   assert ablate.validation_curve(runs[1], 'loss') == [(5, 1.2)]

@@ -333,6 +333,12 @@ def test_rebuild_is_byte_identical_and_tfds_load_reads_the_same(tmp_path, noisy,
     for got, want in zip(loaded, noisy_examples["validation"]):
         for key in ("image", "audio", "label", "image_index", "audio_id", "audio_length"):
             np.testing.assert_array_equal(got[key], want[key])
+    # What tfds.data_source("avmnist/<name>") builds for a registered name: the builder asked
+    # for array_record, on disk the alternative format beside tfrecord.
+    builder = avmnist.Avmnist(config=NOISY.name, data_dir=tmp_path, file_format="array_record")
+    source = builder.as_data_source(split="validation")
+    assert len(source) == N
+    np.testing.assert_array_equal(source[3]["audio"], noisy_examples["validation"][3]["audio"])
 
 
 def test_get_data_source_reuses_prepared_data(noisy):

@@ -233,3 +233,11 @@ def test_prepare_once_takes_a_concurrent_build_as_done():
     made = iter([Builder(False), Builder(False)])
     with pytest.raises(FileExistsError):
         tfds_formats.prepare_once(lambda: next(made))
+
+
+def test_tfds_data_source_reads_a_build_with_its_tfrecord_copy(tmp_path, built):
+    """With the tfrecord copy (primary format on disk), tfds.data_source's request for
+    array_record used to fail as a file-format change."""
+    emoji.prepare("held_out_twitter", data_dir=tmp_path, write_tfrecord=True)
+    src = tfds.data_source("emoji/held_out_twitter", split="test", data_dir=tmp_path)
+    assert _ids([src[i] for i in range(len(src))]) == _ids(built["held_out_twitter"]["test"])

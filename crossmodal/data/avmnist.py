@@ -320,6 +320,10 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
         self._verify_checksums = verify_checksums
         self._write_tfrecord = write_tfrecord
         self._manual_dir = None
+        # tfds.data_source(...) asks for file_format='array_record'; on disk that is the
+        # alternative format beside tfrecord, which TFDS then refuses as a format change. Reading
+        # picks array_record anyway (`as_data_source`), and preparing sets its own format.
+        kwargs.pop("file_format", None)
         super().__init__(config=resolve_config(config), **kwargs)
 
     @tfds.core.utils.classproperty

@@ -276,6 +276,7 @@ class Emoji(tfds.core.GeneratorBasedBuilder):
         self._verify_checksums = verify_checksums
         self._write_tfrecord = write_tfrecord
         self._manual_dir = None
+        kwargs.pop("file_format", None)  # as in avmnist.Avmnist: tfds.data_source asks for it
         super().__init__(config=resolve_config(config), **kwargs)
 
     @tfds.core.utils.classproperty
