@@ -553,7 +553,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--root', required=True, help='directory for all runs and the results')
   p.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 (default 3)')
   p.add_argument('--first_seed', type=int, default=0)
-  p.add_argument('--only', default='', help='comma-separated variant names to run/report')
+  p.add_argument('--only', default='', help='comma-separated variant names to run (or print); '
+                 'results.md and results.csv still cover the whole sweep')
   p.add_argument('--parallel', type=int, default=1, help='runs at once (default 1)')
   p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   p.add_argument('--report_only', action='store_true', help='collect results, run nothing')
@@ -579,6 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  chosen = variants
   if args.only:
     wanted = [n.strip() for n in args.only.split(',') if n.strip()]
     unknown = sorted(set(wanted) - {v.name for v in variants})
@@ -586,11 +588,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f'error: --only: unknown variants {unknown}; valid: {[v.name for v in variants]}',
             file=sys.stderr)
       return 2
-    variants = [v for v in variants if v.name in wanted]
+    chosen = [v for v in variants if v.name in wanted]
   seeds = range(args.first_seed, args.first_seed + args.seeds)
-  runs = plan(args.config, variants, seeds, args.root)
+  all_runs = plan(args.config, variants, seeds, args.root)
+  runs = [r for r in all_runs if r.variant in chosen]
   if args.metrics:
-    table = aggregate([collect_run(r) for r in runs], [v.name for v in variants])
+    table = aggregate([collect_run(r) for r in runs], [v.name for v in chosen])
     print(evaluator_table(table, args.metrics) or
           f'no evaluator column of a finished run matches {",".join(args.metrics)}')
     return 0
@@ -627,11 +630,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f'stopped by {signal.Signals(received[0]).name}: the runs in progress saved a '
             'checkpoint; the same command continues the sweep', file=sys.stderr)
       return 128 + received[0]
-  text, rows = report(runs, args.root, [v.name for v in variants])
+  text, rows = report(all_runs, args.root, [v.name for v in variants])  # the whole sweep
   print(text)
   print(f'results: {os.path.join(args.root, "results.md")}, results.csv, accuracy.png, '
         'validation_curves.png')
-  return 0 if all(r['status'] == 'done' for r in rows) else 1
+  mine = {r.workdir for r in runs}
+  return 0 if all(r['status'] == 'done' for r in rows if r['workdir'] in mine) else 1
 
 
 if __name__ == '__main__':

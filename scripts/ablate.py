@@ -1,7 +1,8 @@
 r"""Sweep runner (see crossmodal/ablate.py):
 
   python scripts/ablate.py --config=experiments/avmnist.py --sweep=experiments/sweeps/fusion.py \
-      --seeds=3 --root=runs/fusion [--dry_run] [--parallel=2] [--only=concat,crossattn]
+      --seeds=3 --root=runs/fusion [--dry_run] [--parallel=2] [--only=concat,crossattn] \
+      [--report_only] [--metrics=recall@5,median_rank]
 """
 import sys
 

@@ -284,3 +284,18 @@ def test_ctrl_c_stops_the_sweep_and_the_run_in_progress_saves(tmp_path, monkeypa
   assert status['state'] == 'preempted' and status['returncode'] == ablate.PREEMPTED_EXIT_CODE
   assert os.listdir(root / 'long' / 'seed0' / 'checkpoints')
   assert not (root / 'long' / 'seed1').exists()  # not started after the signal
+
+
+def test_only_narrows_what_runs_but_the_report_covers_the_whole_sweep(sweep_file, tmp_path,
+                                                                      capsys):
+  root = tmp_path / 'root'
+  runs = ablate.plan(CONFIG, ablate.load_sweep(sweep_file), [0], str(root))
+  files.write_file(os.path.join(runs[0].workdir, 'metrics.jsonl'), json.dumps(
+      {'step': 9, 'split': 'eval_test', 'accuracy': 0.5, 'macro_f1': 0.4}) + '\n')
+  args = [f'--config={CONFIG}', f'--sweep={sweep_file}', f'--root={root}', '--seeds=1']
+  assert ablate.main(args + ['--only=concat', '--report_only']) == 0  # concat is done
+  table = (root / 'results.md').read_text()
+  assert '| **concat** (best) | 50.00 |' in table
+  assert '| broken | - |' in table and '| sum | - |' in table  # still listed, not finished
+  assert ablate.main(args + ['--only=sum', '--dry_run']) == 0
+  assert capsys.readouterr().out.count('crossmodal.main') == 1
