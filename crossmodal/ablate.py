@@ -14,8 +14,9 @@ other run (failed, preempted, interrupted) is started again and `main` resumes i
 latest checkpoint. If a workdir holds another experiment than the sweep now plans there (its
 config.json differs from the resolved config: an edited sweep file or base config), the runner
 refuses to start rather than mix the two. A failed run stays in the table as failed, with the reason from its log,
-never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM), it starts nothing
-new and sends SIGTERM to the runs in progress, which save a checkpoint and exit.
+never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM, SIGHUP), it starts
+nothing new, sends SIGTERM to the runs in progress (which save a checkpoint and exit) and then
+dies of the signal.
 
 Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the checkpoint
 chosen by validation accuracy: the `eval_test` record written by `--mode=train_and_eval`; the
@@ -176,31 +177,23 @@ def planned_config(run: Run) -> dict[str, Any] | None:
 
 
 def changed_runs(runs: Sequence[Run]) -> list[tuple[Run, str]]:
-  """Runs whose workdir holds another experiment than the sweep now plans there: the resolved
-  config differs from the workdir's config.json (an edited sweep file, base config file or
-  preset), or, before config.json exists, the recorded command differs (interpreter and
-  workdir aside: another machine, a moved root). Skipping or resuming them would mix two
-  experiments under one name, so the runner refuses to start until they are moved away.
+  """Runs whose workdir holds another experiment than the sweep now plans there: its
+  config.json (written when training starts) differs from the resolved config in what the run
+  computes (`config_utils.experiment_changes`: an edited sweep file, base config file or
+  preset; not paths or cadence). Skipping or resuming them would mix two experiments under
+  one name, so the runner refuses to start until they are moved away. A workdir without
+  config.json trained nothing, so running it with the new command mixes nothing.
   Returns (run, what differs)."""
-  def key(command: Sequence[str]) -> list[str]:
-    return [a for a in command[1:] if not a.startswith('--workdir=')]
-
   changed = []
   for run in runs:
-    status = read_status(run.workdir)
-    if not status:
-      continue
     try:
       recorded = json.loads((epath.Path(run.workdir) / 'config.json').read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-      recorded = None
-    planned = planned_config(run) if recorded is not None else None
-    if planned is not None:
-      diff = config_utils.config_diff(recorded, planned)
-      if diff:
-        changed.append((run, 'config.json differs: ' + '; '.join(diff)))
-    elif status.get('command') and key(shlex.split(status['command'])) != key(run.command):
-      changed.append((run, f'started as: {status["command"]}'))
+      continue
+    planned = planned_config(run)
+    diff = config_utils.experiment_changes(recorded, planned) if planned is not None else []
+    if diff:
+      changed.append((run, 'config.json differs: ' + '; '.join(diff)))
   return changed
 
 
@@ -235,8 +228,9 @@ def stop_runs(signum: int, frame: Any = None) -> None:  # pylint: disable=unused
 
 
 def execute(run: Run, poll_seconds: float = 10.0, env: Mapping[str, str] | None = None
-            ) -> dict[str, Any]:
-  """Runs (or resumes) one run unless it is done; returns its final status.
+            ) -> dict[str, Any] | None:
+  """Runs (or resumes) one run unless it is done; returns its final status (None: not started,
+  the runner is stopping).
 
   Wall time is added to the status every `poll_seconds`, so time spent before a crash of the
   sweep itself is still counted when it resumes.
@@ -244,6 +238,8 @@ def execute(run: Run, poll_seconds: float = 10.0, env: Mapping[str, str] | None 
   status = read_status(run.workdir)
   if status.get('state') == 'done':
     return status
+  if _stopping.is_set():
+    return None
   os.makedirs(run.workdir, exist_ok=True)
   status = {'state': 'running', 'attempts': status.get('attempts', 0) + 1,
             'wall_time_s': float(status.get('wall_time_s', 0.0)),
@@ -307,6 +303,8 @@ def run_all(runs: Sequence[Run], parallel: int = 1, log=print) -> None:
       log(f'[{"resume" if before else "start"}] {run.variant.name} seed {run.seed}: '
           f'{run.workdir}')
     status = execute(run)
+    if status is None:
+      return
     with lock:
       extra = f': {status["error"]}' if status['state'] == 'failed' else ''
       log(f'[{status["state"]}] {run.variant.name} seed {run.seed} '
@@ -445,7 +443,8 @@ def evaluator_table(table: Sequence[Mapping[str, Any]],
   """Variant | each evaluator metric matching `headlines`, mean ± std over finished seeds;
   empty when no run has evaluator records. Accuracies and recalls in %, ranks and errors raw;
   a value that only some finished seeds have says how many (`(1/3 seeds)`)."""
-  keys = [k for k in table[0] if any(re.search(h, k) for h in headlines)] if table else []
+  keys = [k for k in table[0]['n'] if '/' in k and any(re.search(h, k) for h in headlines)
+          ] if table else []
   keys = [k for k in keys if any(a[k] is not None for a in table)]
   if not keys:
     return ''
@@ -619,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 2
     received = []
     handlers = {s: signal.signal(s, lambda n, f: (received.append(n), stop_runs(n)))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
       run_all(runs, args.parallel)
     finally:
@@ -627,9 +626,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(s, handler)
       _stopping.clear()
     if received:
-      print(f'stopped by {signal.Signals(received[0]).name}: the runs in progress saved a '
-            'checkpoint; the same command continues the sweep', file=sys.stderr)
-      return 128 + received[0]
+      print(f'stopped by {signal.Signals(received[0]).name}: the runs in progress were sent '
+            'SIGTERM to save a checkpoint (those that did are "preempted"); the same command '
+            'continues the sweep', file=sys.stderr)
+      sys.stderr.flush()
+      # Die of the signal, so a calling shell script (reproduce_results.sh) stops too.
+      signal.signal(received[0], signal.SIG_DFL)
+      os.kill(os.getpid(), received[0])
   text, rows = report(all_runs, args.root, [v.name for v in variants])  # the whole sweep
   print(text)
   print(f'results: {os.path.join(args.root, "results.md")}, results.csv, accuracy.png, '

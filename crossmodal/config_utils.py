@@ -315,17 +315,38 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ''
   return out
 
 
+# Fields that say where or how a run executes, not what it computes (paths, input workers,
+# jit vs pmap, checkpoint and logging cadence, evaluators run after training): a run may
+# resume with other values.
+NOT_THE_EXPERIMENT = ('data.data_dir', 'data.manual_dir', 'data.worker_count', 'data.cache',
+                      'train.parallel', 'train.async_checkpoints', 'train.sync_every_step',
+                      'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+                      'evaluators')
+
+
+def experiment_changes(recorded: Mapping[str, Any], config: Any) -> list[str]:
+  """What makes `config` another experiment than the `recorded` config.json: `config_diff`
+  without NOT_THE_EXPERIMENT and without fields the recorded config predates (added to the
+  code since, at their defaults unless set)."""
+  new = config if isinstance(config, Mapping) else to_dict(config)
+  how = lambda key: any(key == k or key.startswith(k + '.') for k in NOT_THE_EXPERIMENT)
+  return [d for d in config_diff(recorded, new)
+          if not how(d.split(':')[0]) and ': "<absent>" -> ' not in d]
+
+
 def check_same_config(config: Any, workdir: str) -> None:
-  """Refuses to resume `workdir` with a config other than the one its run was started with
-  (`config.json`): continuing would mix two experiments in one set of checkpoints and metrics."""
+  """Refuses to resume `workdir` with another experiment than the one its run was started
+  with (`config.json`): continuing would mix two experiments in one set of checkpoints and
+  metrics."""
   path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     return
-  diff = config_diff(json.loads(path.read_text()), to_dict(config))
+  diff = experiment_changes(json.loads(path.read_text()), config)
   if diff:
     raise ConfigError(
         f'{workdir} holds a run of another config; this config differs in: '
-        f'{"; ".join(diff)}. Use a new --workdir (or delete {path} to resume anyway).')
+        f'{"; ".join(diff)}. Use a new --workdir (or rename {path} to resume anyway; the run '
+        'then records the new config).')
 
 
 def check_overrides(config: Any, overrides: Iterable[str]) -> None:

@@ -344,8 +344,9 @@ RUN_INFO = 'run_info.json'
 
 
 def code_version() -> dict[str, Any]:
-  """The code a run used: the git commit of this checkout (None outside one), whether tracked
-  files had uncommitted changes, and the versions of the libraries that decide the numbers."""
+  """The code a run used: the git commit of this checkout (None outside one), whether it had
+  uncommitted changes or untracked files (ignored ones aside), and the versions of the
+  libraries that decide the numbers (None if one is not installed)."""
   import importlib.metadata  # pylint: disable=g-import-not-at-top
   here = os.path.dirname(os.path.abspath(__file__))
 
@@ -358,10 +359,17 @@ def code_version() -> dict[str, Any]:
     return out.stdout.strip()
 
   commit = git('rev-parse', 'HEAD')
-  dirty = git('status', '--porcelain', '--untracked-files=no') if commit else None
+  dirty = git('status', '--porcelain') if commit else None
+
+  def version(name: str) -> str | None:
+    try:
+      return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      return None
+
   return {'git_commit': commit, 'git_dirty': None if dirty is None else bool(dirty),
-          **{name: importlib.metadata.version(name)
-             for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint')}}
+          **{name: version(name) for name in ('jax', 'jaxlib', 'flax', 'optax',
+                                              'orbax-checkpoint')}}
 
 
 def write_run_info(workdir: str, state: TrainState, run: _Run) -> None:

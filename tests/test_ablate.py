@@ -198,6 +198,8 @@ def test_evaluator_records_become_columns_and_a_table(tmp_path, capsys):
   assert not (tmp_path / 'results.md').exists()
   assert ablate.main(args + ['--metrics=recall@50']) == 0
   assert 'no evaluator column' in capsys.readouterr().out
+  assert ablate.main(args + ['--metrics=.']) == 0  # evaluator columns only, nothing else
+  assert capsys.readouterr().out.splitlines()[0].startswith('| variant | retrieval/')
   # No validation accuracy anywhere: the curves are of the validation loss instead.
   assert ablate.validation_curve(runs[1]) == []
   assert ablate.validation_curve(runs[1], 'loss') == [(5, 1.2)]
@@ -234,26 +236,26 @@ def test_a_workdir_holding_another_experiment_stops_the_sweep(sweep_file, tmp_pa
   assert config['seed'] == 1 and config['model']['fusion']['type'] == 'concat'
   started(concat1, [a.replace('size=tiny', 'size=tiny,fusion=concat') for a in concat1.command],
           config)
-  # Started before the sweep file changed sum's learning rate, no config.json yet: the command.
+  # Failed before training (no config.json), e.g. a bad key since fixed in the sweep file:
+  # nothing was trained, so it simply runs again with the new command.
   started(sum0, [a.replace('optim.lr=0.01', 'optim.lr=0.1') for a in sum0.command])
-  # The same command, but the base config file has changed since: config.json.
+  # The same command, but the base config file has changed since: config.json says so.
   config = ablate.planned_config(sum1)
   assert config['optim']['lr'] == 0.01
   started(sum1, sum1.command, {**config, 'optim': {**config['optim'], 'lr': 0.003}})
   changed = ablate.changed_runs(runs)
-  assert [r for r, _ in changed] == [sum0, sum1]
-  assert 'started as:' in changed[0][1] and 'optim.lr=0.1' in changed[0][1]
-  assert changed[1][1] == 'config.json differs: optim.lr: 0.003 -> 0.01'
+  assert [(r, what) for r, what in changed] == [
+      (sum1, 'config.json differs: optim.lr: 0.003 -> 0.01')]
 
   assert ablate.main(args) == 2
   err = capsys.readouterr().err
-  assert 'another experiment' in err and f'{root}/sum/seed0: started as:' in err
+  assert 'another experiment' in err
   assert f'{root}/sum/seed1: config.json differs: optim.lr: 0.003 -> 0.01' in err
-  assert f'{root}/concat' not in err
+  assert f'{root}/concat' not in err and f'{root}/sum/seed0' not in err
   assert not (root / 'broken').exists()  # nothing was started
   assert ablate.main(args + ['--dry_run']) == 0
   out = capsys.readouterr().out
-  assert out.count('holds another experiment') == 2
+  assert out.count('holds another experiment') == 1
   assert '# concat seed 0 (done)\n/' in out
 
 
@@ -278,7 +280,7 @@ def test_ctrl_c_stops_the_sweep_and_the_run_in_progress_saves(tmp_path, monkeypa
     time.sleep(0.5)
   os.killpg(runner.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
   out, _ = runner.communicate(timeout=120)
-  assert runner.returncode == 128 + signal.SIGINT, out
+  assert runner.returncode == -signal.SIGINT, out  # dies of it, so a calling script stops
   assert 'stopped by SIGINT' in out and '[preempted] long seed 0' in out, out
   status = ablate.read_status(str(root / 'long' / 'seed0'))
   assert status['state'] == 'preempted' and status['returncode'] == ablate.PREEMPTED_EXIT_CODE

@@ -189,6 +189,19 @@ def test_restart_on_finished_workdir_trains_nothing(trained):
   assert not [r for r in records if r['split'] == 'train']
 
 
+def test_experiment_changes_ignore_paths_cadence_and_fields_added_since():
+  recorded = config_utils.to_dict(tiny_config())
+  config = tiny_config()
+  config.data.data_dir, config.train.log_every, config.train.parallel = '/x', 7, 'pmap'
+  assert config_utils.experiment_changes(recorded, config) == []
+  del recorded['optim']['lr']  # as if `lr` were added to the code after this run started
+  assert config_utils.experiment_changes(recorded, config) == []
+  config.optim.b1, config.model.dim = 0.5, 12
+  assert config_utils.experiment_changes(recorded, config) == [
+      f'model.dim: {recorded["model"]["dim"]} -> 12',
+      f'optim.b1: {json.dumps(recorded["optim"]["b1"])} -> 0.5']
+
+
 def test_resuming_with_another_config_is_refused_naming_the_difference(trained, tmp_path):
   config, workdir, _ = trained
   other = tiny_config()
@@ -198,6 +211,10 @@ def test_resuming_with_another_config_is_refused_naming_the_difference(trained, 
   assert f'model.dim: {config.model.dim} -> 12' in str(e.value)
   assert f'optim.lr: {config.optim.lr} -> 0.5' in str(e.value)
   assert 'seed' not in str(e.value)  # only what differs
+  # Where and how a run executes is not the experiment: these resume (nothing left to train).
+  how = tiny_config()
+  how.train.log_every, how.data.worker_count = 3, 2
+  assert train.train_and_evaluate(how, workdir).step == 12
   # Without its config.json, the checkpoint itself still refuses another model.
   copy = str(tmp_path / 'copy')
   shutil.copytree(workdir, copy)
