@@ -495,7 +495,7 @@ def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> 
   metric = ('accuracy' if any(validation_curve(r) for r in runs) else 'loss')
   scale = 100 if metric == 'accuracy' else 1
   fig, ax = plt.subplots(figsize=(6, 4))
-  for name in names:
+  for i, name in enumerate(names):
     curves = [validation_curve(r, metric) for r in runs if r.variant.name == name]
     curves = [c for c in curves if c]
     if not curves:
@@ -504,7 +504,9 @@ def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> 
     if not steps:
       continue
     mean = [scale * sum(dict(c)[s] for c in curves) / len(curves) for s in steps]
-    ax.plot(steps, mean, marker='.', label=name)
+    # 10 colours, then the next line style: no two variants look alike.
+    ax.plot(steps, mean, marker='.', label=name, color=f'C{i % 10}',
+            linestyle=('-', '--', ':', '-.')[i // 10 % 4])
   ax.set_xlabel('step')
   ax.set_ylabel('validation accuracy (%)' if metric == 'accuracy' else 'validation loss')
   if ax.get_lines():
