@@ -479,12 +479,15 @@ def plot(runs: Sequence[Run], table: Sequence[Mapping[str, Any]], root: str) -> 
   fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.5))
   for i, a in enumerate(table):
     if a['test_accuracy'] is None:
-      ax.annotate(no_accuracy_reason(a), (i, 0), ha='center', va='bottom', color='tab:red',
+      ax.annotate(no_accuracy_reason(a), (i, 0.02), xycoords=('data', 'axes fraction'),
+                  ha='center', va='bottom', color='tab:red',
                   rotation=90)
       continue
     mean, std = a['test_accuracy']
-    ax.bar(i, 100 * mean, yerr=100 * std, capsize=3, color='tab:blue')
+    # Points, not bars from 0: the differences that matter are fractions of a point.
+    ax.errorbar(i, 100 * mean, yerr=100 * std, fmt='o', capsize=3, color='tab:blue')
   ax.set_xticks(range(len(names)), names, rotation=45, ha='right')
+  ax.grid(axis='y', alpha=0.3)
   ax.set_ylabel('test accuracy (%)')
   ax.set_title('mean ± std over seeds')
   fig.tight_layout()
