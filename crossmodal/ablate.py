@@ -13,8 +13,8 @@ Restarting a sweep continues it: a run whose `sweep_status.json` says `done` is 
 other run (failed, preempted, interrupted) is started again and `main` resumes it from its
 latest checkpoint. If a workdir holds another experiment than the sweep now plans there (its
 config.json differs from the resolved config: an edited sweep file or base config), the runner
-refuses to start rather than mix the two. A failed run stays in the table as failed, with the reason from its log,
-never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM, SIGHUP), it starts
+refuses to start rather than mix the two. A failed run stays in the table as failed, with the
+reason from its log, never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM, SIGHUP), it starts
 nothing new, sends SIGTERM to the runs in progress (which save a checkpoint and exit) and then
 dies of the signal.
 
