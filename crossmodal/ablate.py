@@ -14,19 +14,20 @@ other run (failed, preempted, interrupted) is started again and `main` resumes i
 latest checkpoint. If a workdir holds another experiment than the sweep now plans there (its
 config.json differs from the resolved config: an edited sweep file or base config), the runner
 refuses to start rather than mix the two. A failed run stays in the table as failed, with the
-reason from its log, never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM, SIGHUP), it starts
-nothing new, sends SIGTERM to the runs in progress (which save a checkpoint and exit) and then
-dies of the signal.
+reason from its log, never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM,
+SIGHUP), it starts nothing new, sends SIGTERM to the runs in progress (which save a checkpoint
+and exit) and then dies of the signal.
 
 Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the checkpoint
 chosen by validation accuracy: the `eval_test` record written by `--mode=train_and_eval`; the
 final periodic test accuracy; the validation curve; training examples/s), `run_info.json`
-(parameter count, git commit) and `sweep_status.json` (wall time summed over attempts). The scalar
-results of evaluators (`eval_retrieval`, `eval_robustness`, ...: crossmodal/evaluators.py) become
-columns `<evaluator>/<metric>` of results.csv, and their headline metrics a second table. Reading goes
-through etils.epath, so `--report_only` / `--dry_run` also work on a gs:// root filled by runs
-on TPU VMs (scripts/tpu_vm.py sweep); a run without a status file counts as done once it has
-its `eval_test` record. Running needs a local root (the runner keeps each run's log there).
+(parameter count, git commit) and `sweep_status.json` (wall time summed over attempts). The
+scalar results of evaluators (`eval_retrieval`, `eval_robustness`, ...:
+crossmodal/evaluators.py) become columns `<evaluator>/<metric>` of results.csv, and their
+headline metrics a second table (`--metrics` prints any others). Reading goes through
+etils.epath, so `--report_only` / `--dry_run` also work on a gs:// root filled by runs on TPU
+VMs (scripts/tpu_vm.py sweep); a run without a status file counts as done once it has its
+`eval_test` record. Running needs a local root (the runner keeps each run's log there).
 """
 from __future__ import annotations
 
