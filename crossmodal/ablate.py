@@ -165,13 +165,7 @@ def planned_config(run: Run) -> dict[str, Any] | None:
     return None
   try:
     config = config_utils.load_config_file(run.config)
-    config.seed = run.seed
-    for key, value in run.variant.overrides.items():
-      *parents, last = key.split('.')
-      node = config
-      for name in parents:
-        node = node[name]
-      node[last] = value
+    config.update_from_flattened_dict({'seed': run.seed, **run.variant.overrides})
   except Exception:  # pylint: disable=broad-except  (main reports what is wrong)
     return None
   return config_utils.to_dict(config)

@@ -303,15 +303,19 @@ def write_config(config: Any, workdir: str) -> str:
   return path
 
 
-def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = '') -> list[str]:
-  """'dotted.key: old -> new' for every leaf where two `to_dict` configs differ."""
+_ABSENT = '<absent>'  # compared by identity: a recorded '<absent>' string is a value
+
+
+def _leaf_diffs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ''
+                ) -> list[tuple[str, Any, Any]]:
+  """(dotted key, old value, new value) for every leaf where two `to_dict` configs differ."""
   out = []
   for key in sorted(set(old) | set(new)):
-    a, b = old.get(key, '<absent>'), new.get(key, '<absent>')
+    a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-      out += config_diff(a, b, f'{prefix}{key}.')
+      out += _leaf_diffs(a, b, f'{prefix}{key}.')
     elif a != b:
-      out.append(f'{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}')
+      out.append((f'{prefix}{key}', a, b))
   return out
 
 
@@ -325,13 +329,13 @@ NOT_THE_EXPERIMENT = ('data.data_dir', 'data.manual_dir', 'data.worker_count', '
 
 
 def experiment_changes(recorded: Mapping[str, Any], config: Any) -> list[str]:
-  """What makes `config` another experiment than the `recorded` config.json: `config_diff`
-  without NOT_THE_EXPERIMENT and without fields the recorded config predates (added to the
-  code since, at their defaults unless set)."""
+  """What makes `config` another experiment than the `recorded` config.json, as 'dotted.key:
+  old -> new' per differing leaf; NOT_THE_EXPERIMENT and fields the recorded config predates
+  (added to the code since, at their defaults unless set) do not count."""
   new = config if isinstance(config, Mapping) else to_dict(config)
   how = lambda key: any(key == k or key.startswith(k + '.') for k in NOT_THE_EXPERIMENT)
-  return [d for d in config_diff(recorded, new)
-          if not how(d.split(':')[0]) and ': "<absent>" -> ' not in d]
+  return [f'{key}: {json.dumps(a)} -> {json.dumps(b)}'
+          for key, a, b in _leaf_diffs(recorded, new) if not how(key) and a is not _ABSENT]
 
 
 def check_same_config(config: Any, workdir: str) -> None:
