@@ -16,7 +16,9 @@ config.json differs from the resolved config: an edited sweep file or base confi
 refuses to start rather than mix the two. A failed run stays in the table as failed, with the
 reason from its log, never silently dropped. If the runner itself is stopped (Ctrl-C, SIGTERM,
 SIGHUP), it starts nothing new, sends SIGTERM to the runs in progress (which save a checkpoint
-and exit) and then dies of the signal.
+and exit) and then dies of the signal. `--export_records=DIR` copies what the finished runs
+recorded, without checkpoints, to a small tree that can be committed and later copied back
+under a root, so a study continues across machines that do not share a disk.
 
 Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the checkpoint
 chosen by validation accuracy: the `eval_test` record written by `--mode=train_and_eval`; the
@@ -57,6 +59,8 @@ from crossmodal import files
 STATUS = 'sweep_status.json'
 LOG = 'sweep.log'
 RUN_INFO = 'run_info.json'  # = train.RUN_INFO (not imported: the runner needs no JAX)
+# What a finished run is, without its checkpoints and logs (`export_records`).
+RECORDS = ('config.json', 'metrics.jsonl', RUN_INFO, STATUS)
 PREEMPTED_EXIT_CODE = 75  # = crossmodal.main.PREEMPTED_EXIT_CODE: saved on SIGTERM, unfinished
 CSV_FIELDS = ('variant', 'seed', 'status', 'test_accuracy', 'test_macro_f1',
               'final_test_accuracy', 'best_validation_accuracy', 'num_params',
@@ -364,6 +368,28 @@ def collect_run(run: Run) -> dict[str, Any]:
   return row
 
 
+def export_records(runs: Sequence[Run], root: str, dest: str) -> int:
+  """Copies the records of each finished run (`RECORDS`: no checkpoints, no logs) from
+  `root/<variant>/seed<k>` to `dest/<variant>/seed<k>`; returns how many runs were copied.
+
+  The copy is small enough to commit or mail, and is a sweep root of its own: `--report_only`
+  on it rebuilds the table and plots, and copied back under a root, the runner skips those
+  runs. So a study split over machines or sessions that lose their disks continues where it
+  stopped. Unfinished runs are left out: without their checkpoints they could not resume."""
+  copied = 0
+  for run in runs:
+    if collect_run(run)['status'] != 'done':
+      continue
+    target = epath.Path(dest) / os.path.relpath(run.workdir, root)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RECORDS:
+      source = epath.Path(run.workdir) / name
+      if source.exists():
+        (target / name).write_text(source.read_text())
+    copied += 1
+  return copied
+
+
 def evaluator_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
   """The `<evaluator>/<metric>` columns present in any row, sorted."""
   return sorted({k for r in rows for k in r if k not in CSV_FIELDS and '/' in k})
@@ -557,6 +583,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--parallel', type=int, default=1, help='runs at once (default 1)')
   p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   p.add_argument('--report_only', action='store_true', help='collect results, run nothing')
+  p.add_argument('--export_records', default='', metavar='DIR',
+                 help='after running or reporting, copy the records of the finished runs '
+                 '(config, metrics, run info, status; no checkpoints) to DIR/<variant>/seed<k>')
   p.add_argument('--metrics', default='', help='comma-separated regexes: print mean ± std '
                  'over seeds of the evaluator columns matching any (e.g. recall@,median_rank) '
                  'and exit; runs and writes nothing')
@@ -637,6 +666,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(text)
   print(f'results: {os.path.join(args.root, "results.md")}, results.csv, accuracy.png, '
         'validation_curves.png')
+  if args.export_records:
+    copied = export_records(all_runs, args.root, args.export_records)
+    print(f'records of {copied} finished runs: {args.export_records}')
   mine = {r.workdir for r in runs}
   return 0 if all(r['status'] == 'done' for r in rows if r['workdir'] in mine) else 1
 

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,6 +116,25 @@ def test_sweep_runs_reports_failures_skips_and_resumes(sweep_file, tmp_path, cap
   assert out.count('[skip]') == 3 and '[resume] broken seed 0' in out
   assert '[start] concat seed 1' in out  # its results were removed above: run again
   assert ablate.read_status(sum0.workdir)['attempts'] == 2
+
+  # The finished runs' records, exported and copied under a new root (another machine):
+  # the runner skips them and reports the same numbers; nothing but the records travels.
+  records = str(tmp_path / 'records')
+  assert ablate.main(args + ['--report_only', f'--export_records={records}']) == 1
+  assert 'records of 4 finished runs' in capsys.readouterr().out
+  assert sorted(os.listdir(os.path.join(records, 'sum', 'seed0'))) == sorted(ablate.RECORDS)
+  assert not os.path.exists(os.path.join(records, 'broken'))  # failed: nothing to keep
+  with open(os.path.join(root, 'results.csv')) as f:
+    before = list(csv.DictReader(f))
+  moved = str(tmp_path / 'moved')
+  shutil.copytree(records, moved)
+  assert ablate.main([a.replace(root, moved) for a in args]) == 1  # 'broken' still fails
+  out = capsys.readouterr().out
+  assert out.count('[skip]') == 4 and '[start] broken seed 0' in out
+  with open(os.path.join(moved, 'results.csv')) as f:
+    again = list(csv.DictReader(f))
+  assert [(r['variant'], r['seed'], r['status'], r['test_accuracy']) for r in again] == [
+      (r['variant'], r['seed'], r['status'], r['test_accuracy']) for r in before]
 
 
 def test_aggregate_and_table_on_hand_made_rows():
