@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import os
+import platform
 import signal
 import subprocess
 from typing import Any, Callable
@@ -372,6 +373,19 @@ def code_version() -> dict[str, Any]:
                                               'orbax-checkpoint')}}
 
 
+def host_cpu() -> str:
+  """The CPU model: XLA's CPU code and NumPy's BLAS depend on it, so the same seed can end
+  a few tenths of a point apart on two machines (bitwise equal on one)."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def write_run_info(workdir: str, state: TrainState, run: _Run) -> None:
   """`<workdir>/run_info.json`: what the sweep runner reports beside the metrics, and the code
   version of the latest attempt (rewritten on every start)."""
@@ -379,7 +393,8 @@ def write_run_info(workdir: str, state: TrainState, run: _Run) -> None:
   info = {'num_params': model_lib.count_params(state.params),
           'params_by_part': model_lib.param_counts_by_part(state.params),
           'device_count': jax.device_count(), 'process_count': jax.process_count(),
-          'backend': jax.default_backend(), 'parallel': run.config.train.parallel,
+          'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
+          'host_cpu': host_cpu(), 'parallel': run.config.train.parallel,
           'code': code_version()}
   files.write_file(os.path.join(workdir, RUN_INFO), json.dumps(info, indent=2) + '\n')
 

@@ -92,6 +92,7 @@ def test_sweep_runs_reports_failures_skips_and_resumes(sweep_file, tmp_path, cap
       assert 0 <= float(r['test_accuracy']) <= 1 and int(r['num_params']) > 0
       assert float(r['examples_per_sec']) > 0 and float(r['wall_time_s']) > 0
       info = json.load(open(os.path.join(r['workdir'], 'run_info.json')))
+      assert info['device_kind'] and info['host_cpu']  # numbers depend on the hardware
       commit = info['code']['git_commit']  # None outside a git checkout
       assert r['code'] == (commit[:12] + '+dirty' * info['code']['git_dirty'] if commit else '')
     else:
