@@ -201,7 +201,7 @@ def failure_reason(log_text: str, returncode: int) -> str:
   if returncode < 0:
     return f'killed by signal {-returncode}'
   if returncode == PREEMPTED_EXIT_CODE:
-    return 'preempted (SIGTERM): checkpoint saved, resumes on the next start'
+    return 'SIGTERM, checkpoint saved; resumes on the next start'
   lines = [l.strip() for l in log_text.splitlines() if l.strip()]
   for line in reversed(lines):
     if line.startswith('error: '):

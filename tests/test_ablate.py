@@ -235,7 +235,7 @@ def test_failure_reason_prefers_main_error_then_exception():
       'ValueError: bad'
   assert ablate.failure_reason('', -9) == 'killed by signal 9'
   assert ablate.failure_reason('ValueError: old\n', -15) == 'killed by signal 15'
-  assert ablate.failure_reason('', 75).startswith('preempted')
+  assert ablate.failure_reason('', 75) == 'SIGTERM, checkpoint saved; resumes on the next start'
 
 
 def test_a_workdir_holding_another_experiment_stops_the_sweep(sweep_file, tmp_path, capsys):

@@ -5,6 +5,10 @@ r"""AV-MNIST: MBT bottleneck fusion, where to fuse and through how many tokens.
 
 num_layers=4 per modality stream; fusion_layer 0 = every layer exchanges through the
 bottleneck (early), 2 = middle, 4 = never (late: streams meet only at the pooled output).
+
+Expect (seed 0, 2-core CPU, 20-40 min per run): 90.3-90.6% test accuracy whatever the fusion
+layer or bottleneck count, so far; seeds 1-2 are not yet run. Table and discussion:
+docs/results.md, "Bottleneck fusion".
 """
 from crossmodal.ablate import Variant
 

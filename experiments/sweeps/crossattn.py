@@ -7,6 +7,10 @@ Each variant changes one switch of `fusion=crossattn` (defaults: direction both,
 z = [h; s] W_O, modality embeddings on, keys/values from the sources' first-layer tokens).
 Modalities are (image, audio): 'a->b' = audio attends to image (image tokens are the keys and
 values), 'b->a' = image attends to audio.
+
+Expect (seed 0, 2-core CPU, 15-30 min per run): every variant run so far lands at 89.8-90.5%
+test accuracy, below concat fusion (91.35 ± 0.30 over 3 seeds); seeds 1-2 are not yet run.
+Table and discussion: docs/results.md, "Components of the cross-modal attention block".
 """
 from crossmodal.ablate import Variant
 
