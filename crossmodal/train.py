@@ -375,7 +375,7 @@ def code_version() -> dict[str, Any]:
 
 def host_cpu() -> str:
   """The CPU model: XLA's CPU code and NumPy's BLAS depend on it, so the same seed can end
-  a few tenths of a point apart on two machines (bitwise equal on one)."""
+  about a tenth of a point apart on two machines (bitwise equal on one)."""
   try:
     with open('/proc/cpuinfo', encoding='utf-8') as f:
       for line in f:
