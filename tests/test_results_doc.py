@@ -1,0 +1,33 @@
+"""The sweep tables of docs/results.md are what the runner reports from the records in docs/runs.
+
+docs/runs/<sweep> holds the run records (docs/runs/README.md); this rebuilds each table from
+them the way `ablate.py --report_only --root=docs/runs/<sweep>` does and looks for every row
+on the page as one whole table, so a table edited by hand, or left behind when records were
+added, fails here.
+"""
+import itertools
+import os
+
+import pytest
+
+from crossmodal import ablate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPS = ('crossattn', 'bottleneck')  # the sweeps whose records are committed
+
+
+@pytest.mark.parametrize('sweep', SWEEPS)
+def test_published_table_is_the_report_of_the_committed_records(sweep):
+  variants = ablate.load_sweep(os.path.join(REPO, 'experiments', 'sweeps', f'{sweep}.py'))
+  root = os.path.join(REPO, 'docs', 'runs', sweep)
+  runs = ablate.plan('experiments/avmnist.py', variants, range(3), root)
+  rows = [ablate.collect_run(r) for r in runs]
+  assert sum(r['status'] == 'done' for r in rows) >= 5  # the records were found
+  table = ablate.markdown_table(ablate.aggregate(rows, [v.name for v in variants]))
+  page = open(os.path.join(REPO, 'docs', 'results.md'), encoding='utf-8').read().splitlines()
+  tables = [list(block) for is_row, block in
+            itertools.groupby(page, lambda line: line.startswith('|')) if is_row]
+  lines = table.strip().splitlines()
+  assert len(lines) == 2 + len(variants), table
+  assert lines in tables, (f'no table of docs/results.md is the report of docs/runs/{sweep} '
+                           '(rerun --report_only there and paste its table):\n' + table)
