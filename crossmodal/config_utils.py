@@ -6,6 +6,7 @@ is written on the command line (`config.optim.name`) and lists the valid choices
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -288,6 +289,19 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(':')
   module = load_module(path, '_crossmodal_config')
   return module.get_config(arg) if arg else module.get_config()
+
+
+def dataclass_from_config(cls: type, cfg: Any, what: str) -> Any:
+  """`cls(**cfg)` for a dataclass from a ConfigDict / dict / instance, naming unknown keys (a
+  typo in an override must fail, not fall back to a default)."""
+  if isinstance(cfg, cls):
+    return cfg
+  values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+  valid = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(values) - set(valid))
+  if unknown:
+    raise ValueError(f'{what}: unknown option(s) {unknown}; valid options: {", ".join(valid)}')
+  return cls(**values)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -30,6 +30,8 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from crossmodal import config_utils
+
 PAD_MODES = ('constant', 'reflect')
 LOG_SCALES = ('db', 'log')
 
@@ -93,15 +95,7 @@ class FeatureParams:
   def from_config(cls, cfg: FeatureParams | Mapping[str, Any] | ml_collections.ConfigDict
                   ) -> FeatureParams:
     """Builds params from a ConfigDict / dict, rejecting unknown options by name."""
-    if isinstance(cfg, cls):
-      return cfg
-    values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-      raise ValueError(f'features config: unknown option(s) {unknown}; valid options: '
-                       f'{", ".join(valid)}')
-    return cls(**values)
+    return config_utils.dataclass_from_config(cls, cfg, 'features config')
 
 
 def features_config(**overrides) -> ml_collections.ConfigDict:

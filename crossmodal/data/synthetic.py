@@ -27,6 +27,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from crossmodal import config_utils
+
 SPLITS = ('train', 'validation', 'test')
 _COLOURS = ('red', 'green', 'blue', 'yellow', 'purple', 'orange', 'pink', 'brown', 'grey',
             'black', 'white', 'cyan', 'magenta', 'olive', 'navy', 'teal')
@@ -87,15 +89,7 @@ class SyntheticParams:
                   ) -> SyntheticParams:
     if cfg is None:
       return cls()
-    if isinstance(cfg, cls):
-      return cfg
-    values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-      raise ValueError(f'synthetic config: unknown option(s) {unknown}; valid options: '
-                       f'{", ".join(valid)}')
-    return cls(**values)
+    return config_utils.dataclass_from_config(cls, cfg, 'synthetic config')
 
 
 def synthetic_config(**overrides) -> ml_collections.ConfigDict:
