@@ -77,6 +77,19 @@ once robustness_image_only python -m crossmodal.main --config=experiments/avmnis
 once robustness_audio_only python -m crossmodal.main --config=experiments/avmnist.py:modalities=audio,evals=robustness --workdir=runs/fusion/audio_only/seed0 --mode=eval
 sweep --config=experiments/avmnist.py:evals=robustness --sweep=experiments/sweeps/robustness.py --seeds=1 --root=runs/robustness
 run python scripts/robustness_report.py --root=runs/fusion,runs/robustness --reference=late --variants=image_only,audio_only,late,concat,crossattn,bottleneck,late_modality_dropout_0.3,concat_modality_dropout_0.3
+# modality dropout inside the attention fusions: seed 0 of the component sweeps, against the
+# same sweep's default
+once robustness_crossattn_default python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,evals=robustness \
+    --workdir=runs/crossattn/crossattn/seed0 --mode=eval
+once robustness_crossattn_dropout python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,evals=robustness \
+    --workdir=runs/crossattn/modality_dropout_0.3/seed0 --mode=eval --config.train.modality_dropout=0.3
+once robustness_bottleneck_default python -m crossmodal.main --config=experiments/avmnist.py:fusion=bottleneck,evals=robustness \
+    --workdir=runs/bottleneck/mid_fusion_layer2/seed0 --mode=eval --config.model.fusion.num_layers=4 --config.model.fusion.fusion_layer=2
+once robustness_bottleneck_dropout python -m crossmodal.main --config=experiments/avmnist.py:fusion=bottleneck,evals=robustness \
+    --workdir=runs/bottleneck/modality_dropout_0.3/seed0 --mode=eval --config.model.fusion.num_layers=4 --config.model.fusion.fusion_layer=2 \
+    --config.train.modality_dropout=0.3
+run python scripts/robustness_report.py --root=runs/crossattn --reference=crossattn --variants=crossattn,modality_dropout_0.3
+run python scripts/robustness_report.py --root=runs/bottleneck --reference=mid_fusion_layer2 --variants=mid_fusion_layer2,modality_dropout_0.3
 once attention_maps python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,evals=attention \
     --workdir=runs/fusion/crossattn/seed0 --mode=eval
 

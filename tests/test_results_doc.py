@@ -3,7 +3,8 @@
 docs/runs/<sweep> holds the run records (docs/runs/README.md); this rebuilds each table from
 them the way `ablate.py --report_only --root=docs/runs/<sweep>` does and looks for every row
 on the page as one whole table, so a table edited by hand, or left behind when records were
-added, fails here.
+added, fails here. The same for the robustness tables of the modality-dropout variants
+(scripts/robustness_report.py over the evaluation records in the same run records).
 """
 import itertools
 import os
@@ -11,9 +12,16 @@ import os
 import pytest
 
 from crossmodal import ablate
+from crossmodal import config_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = ('crossattn', 'bottleneck')  # the sweeps whose records are committed
+
+
+def _page_tables() -> list[list[str]]:
+  page = open(os.path.join(REPO, 'docs', 'results.md'), encoding='utf-8').read().splitlines()
+  return [list(block) for is_row, block in
+          itertools.groupby(page, lambda line: line.startswith('|')) if is_row]
 
 
 @pytest.mark.parametrize('sweep', SWEEPS)
@@ -24,10 +32,25 @@ def test_published_table_is_the_report_of_the_committed_records(sweep):
   rows = [ablate.collect_run(r) for r in runs]
   assert sum(r['status'] == 'done' for r in rows) >= 5  # the records were found
   table = ablate.markdown_table(ablate.aggregate(rows, [v.name for v in variants]))
-  page = open(os.path.join(REPO, 'docs', 'results.md'), encoding='utf-8').read().splitlines()
-  tables = [list(block) for is_row, block in
-            itertools.groupby(page, lambda line: line.startswith('|')) if is_row]
   lines = table.strip().splitlines()
   assert len(lines) == 2 + len(variants), table
-  assert lines in tables, (f'no table of docs/results.md is the report of docs/runs/{sweep} '
-                           '(rerun --report_only there and paste its table):\n' + table)
+  assert lines in _page_tables(), (f'no table of docs/results.md is the report of '
+                                   f'docs/runs/{sweep} (rerun --report_only there and paste '
+                                   'its table):\n' + table)
+
+
+@pytest.mark.parametrize('sweep,reference', [('crossattn', 'crossattn'),
+                                             ('bottleneck', 'mid_fusion_layer2')])
+def test_published_robustness_table_is_the_report_of_the_committed_records(sweep, reference):
+  report = config_utils.load_module(os.path.join(REPO, 'scripts', 'robustness_report.py'),
+                                    '_robustness_report')
+  root = os.path.join(REPO, 'docs', 'runs', sweep)
+  summaries = {}
+  for variant in (reference, 'modality_dropout_0.3'):
+    records = report.load_records([root], variant)
+    assert records, f'no eval_robustness record under {root}/{variant}'
+    summaries[variant] = report.summarize(records)
+  lines = report.table(summaries, ['image', 'audio'], reference).strip().splitlines()
+  assert len(lines) == 4, lines
+  assert lines in _page_tables(), (f'no table of docs/results.md is the robustness report of '
+                                   f'docs/runs/{sweep}:\n' + '\n'.join(lines))
