@@ -8,10 +8,10 @@ z = [h; s] W_O, modality embeddings on, keys/values from the sources' first-laye
 Modalities are (image, audio): 'a->b' = audio attends to image (image tokens are the keys and
 values), 'b->a' = image attends to audio.
 
-Expect (2-core CPU, 10-30 min per run): at seed 0, 89.8-90.5% test accuracy for every
+Expect (2-core CPU, 8-32 min per run): at seed 0, 89.8-90.5% test accuracy for every
 variant but modality_dropout_0.3 (88.2); at seed 1, 87.8-89.8 (85.6 with modality dropout);
-at seed 2, run for 7 variants so far, 88.9-90.4. No variant beats the default by more than
-0.1 at any seed. All below concat fusion (91.35 ± 0.30 over 3 seeds).
+at seed 2, 89.9-90.4 (88.9). No variant beats the default by more than 0.1 at any seed; the
+default is 90.21 ± 0.38 over the 3 seeds. All below concat fusion (91.35 ± 0.30).
 Table and discussion: docs/results.md, "Components of the cross-modal attention block".
 """
 from crossmodal.ablate import Variant
