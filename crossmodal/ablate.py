@@ -39,6 +39,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -313,11 +314,33 @@ def run_all(runs: Sequence[Run], parallel: int = 1, log=print) -> None:
     for run in runs:
       one(run)
     return
-  # The first run alone: it prepares the dataset if needed, which concurrent runs would each
-  # build (tfds_formats.prepare_once makes that safe, but it wastes the time).
-  one(runs[0])
+  # A dataset still to build is built by the first run alone: concurrent runs would each build
+  # it (tfds_formats.prepare_once makes that safe, but it wastes the time).
+  rest = list(runs)
+  pending = [r for r in runs if read_status(r.workdir).get('state') != 'done']
+  if pending and not data_prepared(pending[0]):
+    one(pending[0])
+    rest.remove(pending[0])
   with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-    list(pool.map(one, runs[1:]))
+    list(pool.map(one, rest))
+
+
+def data_prepared(run: Run) -> bool:
+  """Whether the run's dataset is on disk already (False when that cannot be told)."""
+  config = planned_config(run)
+  if config is None:
+    return False
+  from crossmodal.data import datasets  # pylint: disable=import-outside-toplevel
+  absl_logger = logging.getLogger('absl')  # TFDS warns of every custom builder config
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    datasets.dataset_info(config.get('data', {}))
+  except Exception:  # pylint: disable=broad-except  (not prepared, or a config main rejects)
+    return False
+  finally:
+    absl_logger.setLevel(level)
+  return True
 
 
 # ----------------------------------------------------------------------------- collecting
@@ -580,7 +603,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--first_seed', type=int, default=0)
   p.add_argument('--only', default='', help='comma-separated variant names to run (or print); '
                  'results.md and results.csv still cover the whole sweep')
-  p.add_argument('--parallel', type=int, default=1, help='runs at once (default 1)')
+  p.add_argument('--parallel', type=int, default=1, help='runs at once (default 1); a '
+                 'dataset not yet on disk is built by the first run alone')
   p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   p.add_argument('--report_only', action='store_true', help='collect results, run nothing')
   p.add_argument('--export_records', default='', metavar='DIR',

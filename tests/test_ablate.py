@@ -322,3 +322,31 @@ def test_only_narrows_what_runs_but_the_report_covers_the_whole_sweep(sweep_file
   assert '| broken | - |' in table and '| sum | - |' in table  # still listed, not finished
   assert ablate.main(args + ['--only=sum', '--dry_run']) == 0
   assert capsys.readouterr().out.count('crossmodal.main') == 1
+
+
+@pytest.mark.parametrize('config,first_alone', [
+    (CONFIG, False),  # synthetic data: nothing to build
+    # AV-MNIST in an empty data_dir: the first run builds it, the others wait for it.
+    (os.path.join(REPO, 'experiments', 'avmnist.py'), True),
+])
+def test_parallel_runs_start_together_unless_the_data_is_still_to_build(
+    config, first_alone, tmp_path, monkeypatch):
+  variants = [ablate.Variant(n, 'fusion=concat', {'data.data_dir': str(tmp_path / 'tfds')}
+                             if 'avmnist' in config else {}) for n in ('a', 'b', 'c')]
+  runs = ablate.plan(config, variants, [0], str(tmp_path / 'root'))
+  ablate._write_status(runs[0].workdir, {'state': 'done', 'wall_time_s': 1.0})
+  events = []
+
+  def fake_execute(run):  # records when each run starts and ends, overlapping if allowed
+    events.append(('start', run.variant.name))
+    time.sleep(0.3)
+    events.append(('end', run.variant.name))
+    return {'state': 'done', 'wall_time_s': 0.3}
+
+  monkeypatch.setattr(ablate, 'execute', fake_execute)
+  logged = []
+  ablate.run_all(runs, parallel=2, log=logged.append)
+  assert sorted(events) == [('end', 'b'), ('end', 'c'), ('start', 'b'), ('start', 'c')]
+  # 'a' was done: skipped, never run again; the first pending run is 'b'.
+  assert sum('[skip] a seed 0' in line for line in logged) == 1
+  assert (events.index(('end', 'b')) < events.index(('start', 'c'))) == first_alone
