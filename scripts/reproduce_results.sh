@@ -2,7 +2,7 @@
 # Runs every command of docs/results.md, in the page's order, and regenerates the files its
 # tables are copied from (each table's text names its file).
 #
-#   scripts/reproduce_results.sh              # all of it: about 20 core-hours of CPU
+#   scripts/reproduce_results.sh              # all of it: about 30 hours of run time (README)
 #   DRY_RUN=1 scripts/reproduce_results.sh    # print the commands only
 #   PYTHON=.venv/bin/python PARALLEL=2 scripts/reproduce_results.sh
 #
