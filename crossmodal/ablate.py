@@ -316,13 +316,12 @@ def run_all(runs: Sequence[Run], parallel: int = 1, log=print) -> None:
     return
   # A dataset still to build is built by the first run alone: concurrent runs would each build
   # it (tfds_formats.prepare_once makes that safe, but it wastes the time).
-  rest = list(runs)
-  pending = [r for r in runs if read_status(r.workdir).get('state') != 'done']
-  if pending and not data_prepared(pending[0]):
-    one(pending[0])
-    rest.remove(pending[0])
+  first = next((r for r in runs if read_status(r.workdir).get('state') != 'done'), None)
+  alone = first if first is not None and not data_prepared(first) else None
+  if alone is not None:
+    one(alone)
   with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-    list(pool.map(one, rest))
+    list(pool.map(one, [r for r in runs if r is not alone]))
 
 
 def data_prepared(run: Run) -> bool:
