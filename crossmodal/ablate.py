@@ -24,9 +24,9 @@ Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the
 chosen by validation accuracy: the `eval_test` record written by `--mode=train_and_eval`; the
 final periodic test accuracy; the validation curve; training examples/s), `run_info.json`
 (parameter count, git commit) and `sweep_status.json` (wall time summed over attempts). The
-scalar results of evaluators (`eval_retrieval`, `eval_robustness`, ...:
-crossmodal/evaluators.py) become columns `<evaluator>/<metric>` of results.csv, and their
-headline metrics a second table (`--metrics` prints any others). Reading goes through
+scalar results of the other evaluators (`eval_retrieval`, `eval_robustness`, ...:
+crossmodal/evaluators/) become columns `<evaluator>/<metric>` of results.csv, and the
+headlines their evaluators declare a second table (`--metrics` prints any others). Reading goes through
 etils.epath, so `--report_only` / `--dry_run` also work on a gs:// root filled by runs on TPU
 VMs (scripts/tpu_vm.py sweep); a run without a status file counts as done once it has its
 `eval_test` record. Running needs a local root (the runner keeps each run's log there).
@@ -56,26 +56,18 @@ from etils import epath
 
 from crossmodal import config_utils
 from crossmodal import files
+from crossmodal.run_info import RUN_INFO
 
 STATUS = 'sweep_status.json'
 LOG = 'sweep.log'
-RUN_INFO = 'run_info.json'  # = train.RUN_INFO (not imported: the runner needs no JAX)
 # What a finished run is, without its checkpoints and logs (`export_records`).
 RECORDS = ('config.json', 'metrics.jsonl', RUN_INFO, STATUS)
 PREEMPTED_EXIT_CODE = 75  # = crossmodal.main.PREEMPTED_EXIT_CODE: saved on SIGTERM, unfinished
 CSV_FIELDS = ('variant', 'seed', 'status', 'test_accuracy', 'test_macro_f1',
               'final_test_accuracy', 'best_validation_accuracy', 'num_params',
               'examples_per_sec', 'wall_time_s', 'code', 'workdir', 'error')
-# Splits of metrics.jsonl that are not evaluator records.
-_NOT_EVALUATORS = ('eval_test', 'eval_validation', 'eval_train')
-# Evaluator metrics shown in results.md (all of them go to results.csv).
-HEADLINES = (r'^retrieval/[a-z]+_to_[a-z]+/instance/recall@(1|10)$',
-             r'^retrieval/[a-z]+_to_[a-z]+/class/(recall@1|median_rank)$',
-             r'^retrieval/chance/class_recall@1$',
-             r'^zero_shot/(accuracy|majority_class/accuracy)$',
-             r'^robustness/(clean|missing_[a-z]+)/accuracy$',
-             r'^robustness/[a-z]+/relative_robustness$',
-             r'^reconstruction/(mse|nearest_class_mean_accuracy)$')
+# Classification evaluators of runs whose config.json predates config.evaluators holding them.
+_LEGACY_CLASSIFICATION = ('validation', 'test', 'train')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,8 +371,9 @@ def collect_run(run: Run) -> dict[str, Any]:
   code = info.get('code') or {}
   if code.get('git_commit'):  # the commit of the latest attempt; runs before 2026-11-25 lack it
     row['code'] = code['git_commit'][:12] + ('+dirty' if code.get('git_dirty') else '')
-  latest = {r['split']: r for r in records  # the latest record of each evaluator
-            if r['split'].startswith('eval_') and r['split'] not in _NOT_EVALUATORS}
+  classification = ['eval_' + name for name in _classification_evaluators(run.workdir)]
+  latest = {r['split']: r for r in records  # the latest record of each other evaluator
+            if r['split'].startswith('eval_') and r['split'] not in classification}
   for split, r in latest.items():
     row.update({f'{split[len("eval_"):]}/{k}': v for k, v in r.items()
                 if k not in ('step', 'split') and isinstance(v, (int, float))
@@ -388,6 +381,18 @@ def collect_run(run: Run) -> dict[str, Any]:
   if row['status'] == 'done' and not chosen:
     row['status'], row['error'] = 'failed', 'finished without a test evaluation'
   return row
+
+
+def _classification_evaluators(workdir: str) -> list[str]:
+  """Names of the run's classification evaluators (results.csv has columns of their own)."""
+  try:
+    config = json.loads((epath.Path(workdir) / 'config.json').read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    config = {}
+  evaluators = config.get('evaluators') or {}
+  names = [n for n, e in evaluators.items() if e.get('type') == 'classification']
+  return names if 'eval_splits' not in config.get('train', {}) else [
+      *names, *_LEGACY_CLASSIFICATION]
 
 
 def export_records(runs: Sequence[Run], root: str, dest: str) -> int:
@@ -482,10 +487,14 @@ def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
 
 
 def evaluator_table(table: Sequence[Mapping[str, Any]],
-                    headlines: Sequence[str] = HEADLINES) -> str:
-  """Variant | each evaluator metric matching `headlines`, mean ± std over finished seeds;
-  empty when no run has evaluator records. Accuracies and recalls in %, ranks and errors raw;
-  a value that only some finished seeds have says how many (`(1/3 seeds)`)."""
+                    headlines: Sequence[str] | None = None) -> str:
+  """Variant | each evaluator metric matching `headlines` (default: the regexes the
+  evaluators declare as their headlines), mean ± std over finished seeds; empty when no run
+  has evaluator records. Accuracies and recalls in %, ranks and errors raw; a value that only
+  some finished seeds have says how many (`(1/3 seeds)`)."""
+  if headlines is None:
+    from crossmodal import evaluators  # pylint: disable=import-outside-toplevel
+    headlines = evaluators.headlines()
   keys = [k for k in table[0]['n'] if '/' in k and any(re.search(h, k) for h in headlines)
           ] if table else []
   keys = [k for k in keys if any(a[k] is not None for a in table)]
@@ -583,7 +592,7 @@ def report(runs: Sequence[Run], root: str, order: Sequence[str]) -> tuple[str, l
   text = markdown_table(table)
   evaluated = evaluator_table(table)
   if evaluated:
-    text += '\nEvaluators (crossmodal/evaluators.py) on the same checkpoints:\n\n' + evaluated
+    text += '\nEvaluators (crossmodal/evaluators/) on the same checkpoints:\n\n' + evaluated
   (epath.Path(root) / 'results.md').write_text(text)
   plot(runs, table, root)
   return text, rows

@@ -217,6 +217,7 @@ class Checkpointer:
         self.directory = directory
         self.best_metric = best_metric
         self.best_mode = best_mode
+        self.keep_best = keep_best
         self._closed = False
 
         # Orbax ranks steps by `best_fn(metrics)`; we only hand it metrics that contain a

@@ -19,6 +19,7 @@ from etils import epath
 import ml_collections
 
 from crossmodal import files
+from crossmodal import schema
 
 OPTIMIZERS = ('adamw', 'sgd', 'rmsprop')
 SCHEDULES = ('cosine', 'constant')
@@ -26,14 +27,11 @@ PARALLEL_MODES = ('jit', 'pmap')
 SYNC_CHOICES = ('auto', 'on', 'off')
 DTYPES = ('float32', 'bfloat16')
 MODALITIES = ('image', 'audio', 'text')
-EVAL_SPLITS = ('validation', 'test')
-BEST_METRICS = ('accuracy', 'macro_f1', 'loss')
 OBJECTIVES = ('classification', 'aux_classification', 'contrastive', 'reconstruction')
 CONTRASTIVE_LOSSES = ('infonce', 'triplet')
 
 
-class ConfigError(ValueError):
-  """A config value is missing, has the wrong type or is out of range."""
+ConfigError = schema.ConfigError
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -187,8 +185,6 @@ def validate(config: Any, device_count: int | None = None,
   # Training loop.
   e.check('train.num_steps', lambda v: _int(v) and v > 0, 'must be a positive int')
   e.check('train.log_every', lambda v: _int(v) and v > 0, 'must be a positive int')
-  e.check('train.eval_every', lambda v: _int(v) and v >= 0,
-          'must be an int >= 0 (0 = evaluate only at the end)')
   e.check('train.checkpoint_every', lambda v: _int(v) and v >= 0,
           'must be an int >= 0 (0 = checkpoint only at evaluations and the end)')
   e.check('train.keep_checkpoints', lambda v: _int(v) and v >= 1, 'must be an int >= 1')
@@ -198,13 +194,10 @@ def validate(config: Any, device_count: int | None = None,
   e.check('train.sync_every_step', lambda v: v in SYNC_CHOICES, 'unknown setting',
           SYNC_CHOICES)
   e.check('train.dtype', lambda v: v in DTYPES, 'unsupported compute dtype', DTYPES)
-  e.check('train.eval_splits', lambda v: set(v) <= set(EVAL_SPLITS) and len(v) > 0,
-          'must be a non-empty subset', EVAL_SPLITS)
-  e.check('train.best_metric', lambda v: v in BEST_METRICS, 'unknown metric', BEST_METRICS)
+  e.check('train.best_metric', lambda v: isinstance(v, str),
+          "must be '<evaluator>/<metric>' (e.g. 'validation/accuracy') or '' for none")
   e.check('train.modality_dropout', lambda v: _number(v) and 0 <= v < 1,
           'must be in [0, 1) (probability of hiding each modality of a training example)')
-  e.check('train.max_eval_batches', lambda v: _int(v) and v >= 0,
-          'must be an int >= 0 (0 = the whole split)')
   if isinstance(config, (dict, ml_collections.ConfigDict)) and 'objectives' in config:
     _check_objectives(e)
   accum = e.get('optim.accum_steps')
@@ -227,11 +220,6 @@ def _check_objectives(e: _Errors) -> None:
   weights = [e.get(f'objectives.{name}.weight') for name in OBJECTIVES]
   if all(_number(w) for w in weights) and not any(w > 0 for w in weights):
     e.messages.append('config.objectives: every weight is 0, so nothing would be trained')
-  if (_number(e.get('objectives.classification.weight'))
-      and e.get('objectives.classification.weight') == 0
-      and e.get('train.best_metric') in ('accuracy', 'macro_f1')):
-    e.messages.append(f'config.train.best_metric={e.get("train.best_metric")!r}: no classifier '
-                      'is trained (objectives.classification.weight=0); use \'loss\'')
   e.check('objectives.contrastive.loss', lambda v: v in CONTRASTIVE_LOSSES, 'unknown loss',
           CONTRASTIVE_LOSSES)
   e.check('objectives.contrastive.pair', lambda v: len(v) == 2 and len(set(v)) == 2
@@ -334,8 +322,8 @@ def _leaf_diffs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ''
 
 
 # Fields that say where or how a run executes, not what it computes (paths, input workers,
-# jit vs pmap, checkpoint and logging cadence, evaluators run after training): a run may
-# resume with other values.
+# jit vs pmap, checkpoint and logging cadence, evaluators, which read the state and never
+# change it): a run may resume with other values.
 NOT_THE_EXPERIMENT = ('data.data_dir', 'data.manual_dir', 'data.worker_count', 'data.cache',
                       'train.parallel', 'train.async_checkpoints', 'train.sync_every_step',
                       'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
@@ -347,9 +335,25 @@ def experiment_changes(recorded: Mapping[str, Any], config: Any) -> list[str]:
   old -> new' per differing leaf; NOT_THE_EXPERIMENT and fields the recorded config predates
   (added to the code since, at their defaults unless set) do not count."""
   new = config if isinstance(config, Mapping) else to_dict(config)
+  recorded = _upgrade(recorded)
   how = lambda key: any(key == k or key.startswith(k + '.') for k in NOT_THE_EXPERIMENT)
   return [f'{key}: {json.dumps(a)} -> {json.dumps(b)}'
           for key, a, b in _leaf_diffs(recorded, new) if not how(key) and a is not _ABSENT]
+
+
+def _upgrade(recorded: Mapping[str, Any]) -> dict[str, Any]:
+  """A config.json written before the evaluators took over in-loop evaluation (2026-12),
+  in today's terms: `train.eval_every`, `eval_splits` and `max_eval_batches` became options
+  of config.evaluators, and `train.best_metric` names its evaluator ('accuracy' was the
+  validation split's)."""
+  train = dict(recorded.get('train', {}))
+  if 'eval_splits' not in train:
+    return dict(recorded)
+  for key in ('eval_every', 'eval_splits', 'max_eval_batches'):
+    train.pop(key, None)
+  if train.get('best_metric') and '/' not in train['best_metric']:
+    train['best_metric'] = f'validation/{train["best_metric"]}'
+  return {**recorded, 'train': train}
 
 
 def check_same_config(config: Any, workdir: str) -> None:
@@ -434,13 +438,13 @@ def objectives_config(**weights: float) -> ml_collections.ConfigDict:
 def train_config(**overrides: Any) -> ml_collections.ConfigDict:
   """config.train defaults; see crossmodal/train.py."""
   c = ml_collections.ConfigDict(dict(
-      num_steps=1000, log_every=50, eval_every=500,
+      num_steps=1000, log_every=50,
       checkpoint_every=500,  # 0 = only at evaluations and the end
-      keep_checkpoints=2,  # the last K, plus the best by validation `best_metric`
+      keep_checkpoints=2,  # the last K, plus the best by `best_metric`
       async_checkpoints=True,
-      best_metric='accuracy',  # on the validation split; 'loss' is minimised
-      eval_splits=('validation', 'test'),
-      max_eval_batches=0,  # 0 = whole split
+      # '<evaluator>/<metric>' of an in-loop evaluator (config.evaluators); its evaluator
+      # declares whether higher is better. '' = keep no best (the latest is evaluated).
+      best_metric='validation/accuracy',
       modality_dropout=0.0,  # probability of hiding each modality of a training example
       parallel='jit',  # or 'pmap'
       sync_every_step='auto',  # block on each step's loss on CPU with >1 device (architecture.md)

@@ -18,7 +18,6 @@ variables).
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from typing import Sequence
 
@@ -28,6 +27,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from crossmodal import config_utils
+from crossmodal import logs
 
 MODES = ('train', 'eval', 'train_and_eval')
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; run again to resume
@@ -96,33 +96,8 @@ def _data_missing_help(config, error: Exception | str) -> str:
       f'  {SYNTHETIC_COMMAND}')
 
 
-def _internet_available(host: str = 'storage.googleapis.com', timeout: float = 5.0) -> bool:
-  try:
-    socket.create_connection((host, 443), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
-
-
-def check_data_available(config) -> None:
-  """Fails fast when AV-MNIST is neither prepared, nor available locally, nor downloadable.
-
-  Without this, TFDS would retry the download for minutes before failing.
-  """
-  if config.data.name != 'avmnist':
-    return
-  from crossmodal.data import avmnist  # pylint: disable=g-import-not-at-top
-  from crossmodal.data import sources  # pylint: disable=g-import-not-at-top
-  builder = avmnist.get_builder(config.data.builder_config, data_dir=config.data.data_dir)
-  if builder.is_prepared():
-    return
-  if sources.resolve_manual_dir(config.data.manual_dir) is None and not _internet_available():
-    _fail(_data_missing_help(
-        config, f'AV-MNIST ({config.data.builder_config}) is not prepared in '
-        f'{builder.data_dir}, no source directory was found and there is no internet.'))
-
-
 def main(argv: Sequence[str]) -> None:
+  logs.quiet_libraries(logging.get_verbosity())  # libraries' INFO lines only with --verbosity=1
   if len(argv) > 1:
     _fail(f'unexpected arguments {list(argv[1:])}; options are --flag=value')
   # jax is imported only now: initialize_distributed must precede any other JAX call.
@@ -130,53 +105,43 @@ def main(argv: Sequence[str]) -> None:
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                   auto_detect=_DISTRIBUTED.value)
   import jax  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  try:
-    config_utils.validate(config, jax.device_count(), jax.process_count())
-  except config_utils.ConfigError as e:
-    _fail(str(e))
-  except OSError as e:  # config_flags defers "cannot load the config file" to first use
-    _fail(str(e))
-
   from crossmodal import checkpointing  # pylint: disable=g-import-not-at-top
   from crossmodal import train  # pylint: disable=g-import-not-at-top
   from crossmodal.data import sources  # pylint: disable=g-import-not-at-top
   try:
-    train.check_buildable(config)  # model and dataset options, before any data is touched
-  except (ValueError, TypeError) as e:
+    config = _CONFIG.value
+  except OSError as e:  # config_flags defers "cannot load the config file" to first use
     _fail(str(e))
-  workdir = _WORKDIR.value
-  which = _CHECKPOINT.value
+  workdir, which, mode = _WORKDIR.value, _CHECKPOINT.value, _MODE.value
   checkpoint = int(which) if which.isdigit() else which
   if checkpoint not in ('latest', 'best') and not isinstance(checkpoint, int):
     _fail(f"--checkpoint={which!r}; valid choices: 'latest', 'best' or a step number")
-  if checkpoint == 'best' and 'validation' not in config.train.eval_splits:
-    checkpoint = 'latest'  # no validation metric, so no best checkpoint
-  try:
-    check_data_available(config)
-  except sources.SourceError as e:
-    _fail(_data_missing_help(config, e))
-  logging.info('workdir %s, mode %s, %d devices over %d processes', workdir, _MODE.value,
+  logging.info('workdir %s, mode %s, %d devices over %d processes', workdir, mode,
                jax.device_count(), jax.process_count())
   try:
-    if _MODE.value in ('train', 'train_and_eval'):
-      result = train.train_and_evaluate(config, workdir)
-      if result.preempted:
-        print(f'preempted: saved step {result.step} in {workdir}; run the same command again '
-              'to resume', flush=True)
-        sys.exit(PREEMPTED_EXIT_CODE)
-      _report(f'trained to step {result.step}', result.metrics)
-    if _MODE.value in ('eval', 'train_and_eval'):
+    if mode == 'eval':
       _report(f'evaluated the {which} checkpoint', train.evaluate(config, workdir, checkpoint))
+      return
+    # Checks the config before anything is built, then trains (and, in train_and_eval,
+    # evaluates the chosen checkpoint with every evaluator).
+    result = train.train_and_evaluate(
+        config, workdir, final_checkpoint=checkpoint if mode == 'train_and_eval' else None)
   except sources.SourceError as e:
     _fail(_data_missing_help(config, e))
-  except (checkpointing.WorkdirLockedError, train.NonFiniteLossError,
-          config_utils.ConfigError) as e:
+  except (config_utils.ConfigError, checkpointing.WorkdirLockedError,
+          train.NonFiniteLossError) as e:
     _fail(str(e))
   except FileNotFoundError as e:
-    if _MODE.value == 'eval':
+    if mode == 'eval':
       _fail(f'{e}\nTrain first: --mode=train_and_eval with the same --workdir.')
     raise
+  if result.preempted:
+    print(f'preempted: saved step {result.step} in {workdir}; run the same command again '
+          'to resume', flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
+  _report(f'trained to step {result.step}', result.metrics)
+  if mode == 'train_and_eval':
+    _report(f'evaluated the {which} checkpoint', result.final)
 
 
 def _report(what: str, metrics: dict) -> None:

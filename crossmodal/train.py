@@ -1,12 +1,14 @@
 """The one training loop: `train_and_evaluate(config, workdir)`, and `evaluate` for a checkpoint.
 
 What happens, in order (every process runs the same code on its own slice of the data):
-validate the config; lock the workdir; build data, model and optimizer; restore the latest
-checkpoint (train state + input-pipeline position) if the workdir has one; then train:
-compiled once, data parallel (`parallel.py`), metrics fetched only at log/eval/checkpoint
-steps, evaluation on the validation and test splits every `eval_every` steps, asynchronous
-checkpoints (last K plus the best by the validation metric). SIGTERM saves and exits; a
-non-finite loss stops with an error and leaves the last good checkpoint as the latest.
+check the config (and build the evaluators) before anything else; lock the workdir; build
+data, model and optimizer; restore the latest checkpoint (train state + input-pipeline
+position) if the workdir has one; then train: compiled once, data parallel (`parallel.py`),
+metrics fetched only at log/eval/checkpoint steps, the in-loop evaluators of
+`config.evaluators` at their `every` steps (crossmodal/evaluators/), asynchronous checkpoints
+(last K plus the best by `train.best_metric`). SIGTERM saves and exits; a non-finite loss
+stops with an error and leaves the last good checkpoint as the latest. At the end every
+evaluator runs on the chosen checkpoint.
 
 Exact resume: the dropout key of step s is `fold_in(state.rng, s)`, the input pipeline
 restarts at the saved position and XLA on a fixed device layout is deterministic, so a run
@@ -16,11 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import platform
-import signal
-import subprocess
 from typing import Any, Callable
 
 from absl import logging
@@ -32,16 +30,13 @@ import optax
 
 from crossmodal import checkpointing
 from crossmodal import config_utils
-from crossmodal import files
+from crossmodal import evaluators as evaluators_lib
 from crossmodal import metrics as metrics_lib
 from crossmodal import objectives as objectives_lib
 from crossmodal import optim
 from crossmodal import parallel
+from crossmodal import run_info
 
-# Test-only hooks: send this process a signal (default SIGKILL) right after step N, to test
-# exact resume after a crash and the save-on-SIGTERM path without timing races.
-KILL_AT_STEP_ENV = 'CROSSMODAL_TEST_KILL_AT_STEP'
-KILL_SIGNAL_ENV = 'CROSSMODAL_TEST_KILL_SIGNAL'
 CHECKPOINT_DIR = 'checkpoints'
 
 
@@ -67,8 +62,9 @@ class RunResult:
   """What a run returns: the final state (replicated global arrays) and eval summaries."""
   step: int
   state: TrainState
-  metrics: dict[str, dict[str, Any]]
+  metrics: dict[str, dict[str, Any]]  # the last in-loop evaluation, {evaluator: summary}
   preempted: bool = False  # stopped early by SIGTERM (state saved at `step`)
+  final: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # checkpoint's
 
 
 # ----------------------------------------------------------------------------- building
@@ -83,26 +79,6 @@ def build_model(config: Any, num_classes: int, axis_name: str | None):
   from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
   return model_lib.build_model(config.model, num_classes, axis_name=axis_name,
                                dtype=compute_dtype(config), objectives=config.get('objectives'))
-
-
-def check_buildable(config: Any) -> None:
-  """Raises ValueError naming the bad option if the data or model config cannot be built.
-
-  Runs before any data is read or prepared and before anything is compiled, so a wrong
-  fusion switch costs a second, not a one-minute dataset build. The class count is not known
-  yet (it comes from the prepared dataset), so the model is checked with a placeholder.
-  """
-  datasets, _ = _data()
-  available = datasets.check_config(config.data)
-  missing = [m for m in config.model.modalities if m not in available]
-  if missing:
-    raise ValueError(f'config.model.modalities={list(config.model.modalities)}: dataset '
-                     f'{config.data.name!r} has no {missing}; it has {list(available)}')
-  model = build_model(config, num_classes=2, axis_name=None)
-  from crossmodal import evaluators  # pylint: disable=g-import-not-at-top
-  evaluators.check_config(config.get('evaluators'), model, config.get('objectives'))
-  if 'zero_shot' in (config.get('evaluators') or {}):
-    datasets.check_class_name_text(config.data)
 
 
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
@@ -184,47 +160,6 @@ def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | No
   return train_step
 
 
-def empty_eval_accumulator(num_classes: int, objectives: Any = None) -> dict[str, Any]:
-  return {'confusion': np.zeros((num_classes, num_classes), np.int32),
-          'losses': {name: np.zeros((2,), np.float32)
-                     for name in objectives_lib.active(objectives)}}
-
-
-def make_eval_step(model, num_classes: int, axis_name: str | None, objectives: Any = None):
-  """(state, batch, acc) -> acc: adds the batch's confusion matrix and each objective's loss
-  sum and count, skipping padding examples (`batch['mask'] == 0`, added by the eval pipeline
-  to the last batch)."""
-
-  def eval_step(state: TrainState, batch: dict[str, jax.Array], acc: dict[str, Any]):
-    out = model.apply(_variables(state.params, state.batch_stats), batch, train=False)
-    labels = batch['label']
-    mask = batch['mask'] if 'mask' in batch else jnp.ones(labels.shape, jnp.bool_)
-    losses = objectives_lib.compute(objectives, out, batch, mask=mask, axis_name=axis_name)
-    update = {
-        'confusion': metrics_lib.confusion_matrix(labels, jnp.argmax(out['logits'], -1),
-                                                  num_classes, mask),
-        'losses': {name: jnp.stack(pair) for name, pair in losses.items()},
-    }
-    update = parallel.psum_if(update, axis_name)
-    return jax.tree.map(jnp.add, acc, update)
-
-  return eval_step
-
-
-def summarize_eval(acc: dict[str, Any], objectives: Any = None) -> dict[str, Any]:
-  """Classification metrics from the confusion matrix (only when the classifier is trained);
-  `loss` = the weighted objective (the classification cross-entropy by default), and
-  `loss_<objective>` for each objective."""
-  means = {name: float(value / max(float(count), 1.0))
-           for name, (value, count) in acc['losses'].items()}
-  summary = (metrics_lib.summarize_confusion(acc['confusion']) if 'classification' in means
-             else {'num_examples': int(np.asarray(acc['confusion']).sum())})
-  summary['loss'] = float(objectives_lib.total(objectives, means))
-  if len(means) > 1 or 'classification' not in means:
-    summary.update({f'loss_{name}': value for name, value in means.items()})
-  return summary
-
-
 # ----------------------------------------------------------------------------- data
 
 
@@ -234,15 +169,14 @@ def _data():
   return datasets, input_pipeline
 
 
-def make_batches(config: Any, source: Any, split: str, start_index: int = 0):
-  """This process's batches of `split` (an `input_pipeline.Pipeline`; call `.close()`).
+def make_batches(config: Any, source: Any, training: bool, start_index: int = 0):
+  """This process's batches of `source` (an `input_pipeline.Pipeline`; call `.close()`).
 
-  train: shuffled, repeated forever, starting after `start_index` consumed batches.
-  Other splits: one ordered pass, the final batch padded (with `mask`) so that every process
-  runs the same number of eval steps.
+  training: shuffled, repeated forever, starting after `start_index` consumed batches.
+  Otherwise (evaluation, whatever the split): one ordered pass, the final batch padded (with
+  `mask`) so that every process runs the same number of eval steps.
   """
   _, input_pipeline = _data()
-  training = split == 'train'
   return input_pipeline.make_pipeline(
       source,
       global_batch_size=(config.data.global_batch_size if training
@@ -253,42 +187,62 @@ def make_batches(config: Any, source: Any, split: str, start_index: int = 0):
       worker_count=config.data.get('worker_count', 0))
 
 
+
+
 # ----------------------------------------------------------------------------- the run
 
 
+def check_config(config: Any) -> list[tuple[str, Any, int]]:
+  """Raises ConfigError naming the bad option if the config cannot run; returns the built
+  evaluators [(name, evaluator, every)] of `config.evaluators`.
+
+  Runs before any data is read or prepared and before anything is compiled, so a wrong
+  fusion switch costs a second, not a one-minute dataset build. The class count is not known
+  yet (it comes from the prepared dataset), so the model is checked with a placeholder.
+  """
+  config_utils.validate(config, jax.device_count(), jax.process_count())
+  datasets, _ = _data()
+  try:
+    available = datasets.check_config(config.data)
+    missing = [m for m in config.model.modalities if m not in available]
+    if missing:
+      raise ValueError(f'config.model.modalities={list(config.model.modalities)}: dataset '
+                       f'{config.data.name!r} has no {missing}; it has {list(available)}')
+    model = build_model(config, num_classes=2, axis_name=None)
+  except (ValueError, TypeError) as e:
+    if isinstance(e, config_utils.ConfigError):
+      raise
+    raise config_utils.ConfigError(str(e)) from e
+  built = evaluators_lib.build_all(config.get('evaluators'), model, config.get('objectives'),
+                                   config.data)
+  if config.train.best_metric:
+    evaluators_lib.best_metric(config.train.best_metric, built)
+  return built
+
+
 class _Run:
-  """Builds everything a run needs once; shared by training and checkpoint evaluation."""
+  """Builds everything a run needs once (config already checked); shared by training and
+  checkpoint evaluation. Evaluators get predict functions and batches from here, never it."""
 
   def __init__(self, config: Any):
-    config_utils.validate(config, jax.device_count(), jax.process_count())
-    check_buildable(config)
     self.config = config
     self._sources: dict[str, Any] = {}
     datasets, _ = _data()
+    datasets.check_available(config.data)  # before TFDS would retry a download for minutes
     # Opening a split first prepares the dataset if needed (AV-MNIST: a one-time build).
-    self.source(config.train.eval_splits[0])
+    self.source('validation')
     self.num_classes = int(datasets.dataset_info(config.data).num_classes)
     self.strategy = parallel.make_parallel(config.train.parallel)
     self.model = build_model(config, self.num_classes, self.strategy.axis_name)
     self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
     self.sync = parallel.resolve_sync_every_step(config.train.sync_every_step)
     self.objectives = config.get('objectives')
-    self._eval_step = self.strategy.eval_step(
-        make_eval_step(self.model, self.num_classes, self.strategy.axis_name, self.objectives))
-
-  @functools.cached_property
-  def eval_strategy(self) -> parallel.JitParallel:
-    """Evaluators run jitted over the mesh, on the checkpoint's replicated global arrays."""
-    mesh = getattr(self.strategy, 'mesh', None)
-    return self.strategy if self.strategy.name == 'jit' else parallel.JitParallel(mesh)
-
-  @functools.cached_property
-  def evaluator_forward(self) -> Callable:
-    """forward_for(select, keep, attention) -> jitted forward (evaluators.make_forward)."""
-    from crossmodal import evaluators  # pylint: disable=g-import-not-at-top
-    model = build_model(self.config, self.num_classes, axis_name=None)
-    variables = lambda state: _variables(state.params, state.batch_stats)
-    return evaluators.make_forward(model, variables, self.eval_strategy)
+    eval_model = build_model(config, self.num_classes, axis_name=None)
+    self.evaluators = evaluators_lib.build_all(config.get('evaluators'), eval_model,
+                                               self.objectives, config.data)
+    self.engine = evaluators_lib.common.Engine(
+        self.model, eval_model, self.strategy,
+        lambda state: _variables(state.params, state.batch_stats), self.sync)
 
   def source(self, split: str) -> Any:
     if split not in self._sources:
@@ -296,15 +250,15 @@ class _Run:
       self._sources[split] = datasets.get_source(self.config.data, split)
     return self._sources[split]
 
-  def batches(self, split: str, start_index: int = 0):
-    return make_batches(self.config, self.source(split), split, start_index)
+  def batches(self, split: str, training: bool = False, start_index: int = 0):
+    return make_batches(self.config, self.source(split), training, start_index)
 
   def initial_state(self, abstract: bool = False) -> Any:
     """Freshly initialised state as replicated global arrays (the checkpoint layout).
 
     abstract=True: only shapes, dtypes and shardings (a restore target; nothing compiled).
     """
-    pipeline = self.batches(self.config.train.eval_splits[0])
+    pipeline = self.batches('validation')
     try:
       sample = next(pipeline)  # fixes input shapes only
     finally:
@@ -318,133 +272,71 @@ class _Run:
           shapes)
     return jax.jit(init, out_shardings=self.strategy.replicated)(rng)
 
-  def evaluate(self, device_state: Any, split: str) -> dict[str, Any]:
-    """Loss, accuracy, macro-F1, per-class P/R/F1 and the confusion matrix on `split`."""
-    acc = self.strategy.put_accumulator(empty_eval_accumulator(self.num_classes,
-                                                               self.objectives))
-    limit = self.config.train.max_eval_batches
-    pipeline = self.batches(split)
-    try:
-      for i, batch in enumerate(pipeline):
-        if limit and i >= limit:
-          break
-        acc = self._eval_step(device_state, self.strategy.put_batch(batch), acc)
-        if self.sync:
-          jax.block_until_ready(acc)
-    finally:
-      pipeline.close()
-    return summarize_eval(self.strategy.fetch(acc), self.objectives)
+  def evaluate(self, device_state: Any, step: int, writer: metrics_lib.MetricWriter,
+               prefix: str = '', due: Callable[[int], bool] = lambda every: True,
+               workdir: str = '') -> dict[str, dict[str, Any]]:
+    """Runs the evaluators for which `due(every)` holds on `device_state` (the training
+    layout), writing each one's record as split `<prefix><name>`; {name: summary}."""
+    predict = self.engine.bind(device_state)
+    results = {}
+    for name, evaluator, every in self.evaluators:
+      if not due(every):
+        continue
+      batches = evaluators_lib.common.passes(functools.partial(self.batches, evaluator.split))
+      results[name] = evaluator.run(predict, batches, workdir)
+      writer.write(step, prefix + name, results[name])
+    return results
 
 
-def _best_metric(config: Any) -> tuple[str, str]:
-  metric = config.train.best_metric
-  return f'validation/{metric}', ('min' if metric == 'loss' else 'max')
-
-
-RUN_INFO = 'run_info.json'
-
-
-def code_version() -> dict[str, Any]:
-  """The code a run used: the git commit of this checkout (None outside one), whether it had
-  uncommitted changes or untracked files (ignored ones aside), and the versions of the
-  libraries that decide the numbers (None if one is not installed)."""
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
-  here = os.path.dirname(os.path.abspath(__file__))
-
-  def git(*args: str) -> str | None:
-    try:
-      out = subprocess.run(['git', '-C', here, *args], capture_output=True, text=True,
-                           timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError):
-      return None
-    return out.stdout.strip()
-
-  commit = git('rev-parse', 'HEAD')
-  dirty = git('status', '--porcelain') if commit else None
-
-  def version(name: str) -> str | None:
-    try:
-      return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      return None
-
-  return {'git_commit': commit, 'git_dirty': None if dirty is None else bool(dirty),
-          **{name: version(name) for name in ('jax', 'jaxlib', 'flax', 'optax',
-                                              'orbax-checkpoint')}}
-
-
-def host_cpu() -> str:
-  """The CPU model: XLA's CPU code and NumPy's BLAS depend on it, so the same seed can end
-  about a tenth of a point apart on two machines (bitwise equal on one)."""
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def write_run_info(workdir: str, state: TrainState, run: _Run) -> None:
-  """`<workdir>/run_info.json`: what the sweep runner reports beside the metrics, and the code
-  version of the latest attempt (rewritten on every start)."""
-  from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
-  info = {'num_params': model_lib.count_params(state.params),
-          'params_by_part': model_lib.param_counts_by_part(state.params),
-          'device_count': jax.device_count(), 'process_count': jax.process_count(),
-          'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
-          'host_cpu': host_cpu(), 'parallel': run.config.train.parallel,
-          'code': code_version()}
-  files.write_file(os.path.join(workdir, RUN_INFO), json.dumps(info, indent=2) + '\n')
-
-
-def make_checkpointer(config: Any, workdir: str) -> checkpointing.Checkpointer:
-  best_metric, best_mode = _best_metric(config)
-  keep_best = 'validation' in config.train.eval_splits
+def make_checkpointer(config: Any, workdir: str, evaluators: list | None = None
+                      ) -> checkpointing.Checkpointer:
+  """Keeps the last K checkpoints and, with `train.best_metric`, the best by that metric
+  (its direction declared by its evaluator; `evaluators` as check_config returns them)."""
+  best = config.train.best_metric
+  if best:
+    mode = evaluators_lib.best_metric(best, evaluators or check_config(config))[1]
   return checkpointing.Checkpointer(
       os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.train.keep_checkpoints,
-      keep_best=keep_best, best_metric=best_metric, best_mode=best_mode,
+      keep_best=bool(best), best_metric=best or 'none', best_mode=mode if best else 'max',
       async_save=config.train.async_checkpoints)
 
 
-def _flat(split_metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
+def _flat(results: dict[str, dict[str, Any]]) -> dict[str, float]:
   """{'validation': {'accuracy': .9}} -> {'validation/accuracy': .9} (scalars only)."""
-  return {f'{split}/{k}': v for split, m in split_metrics.items() for k, v in m.items()
+  return {f'{name}/{k}': v for name, m in results.items() for k, v in m.items()
           if isinstance(v, (int, float))}
 
 
-def _maybe_kill(step: int) -> None:
-  target = os.environ.get(KILL_AT_STEP_ENV)
-  if target and int(target) == step:
-    name = os.environ.get(KILL_SIGNAL_ENV, 'SIGKILL')
-    logging.warning('%s=%s: sending %s to myself after step %d', KILL_AT_STEP_ENV, target,
-                    name, step)
-    os.kill(os.getpid(), getattr(signal, name))
+def train_and_evaluate(config: Any, workdir: str, *, final_checkpoint: str | int | None = 'best',
+                       after_step: Callable[[int], None] | None = None) -> RunResult:
+  """Trains `config` in `workdir` (resuming the latest checkpoint there), running the
+  in-loop evaluators as it goes, then every evaluator on `final_checkpoint` ('best',
+  'latest', a step, or None for none).
 
-
-def train_and_evaluate(config: Any, workdir: str) -> RunResult:
-  """Trains `config` in `workdir` (resuming the latest checkpoint there) and evaluates.
-
-  Returns the final state and the last evaluation of every split in `train.eval_splits`.
   Raises config_utils.ConfigError before building anything if the config is invalid,
   checkpointing.WorkdirLockedError if another run holds the workdir, and
-  NonFiniteLossError if the loss becomes NaN/Inf.
+  NonFiniteLossError if the loss becomes NaN/Inf. after_step(step) is called after each step
+  has been saved as due (tests use it to interrupt a run at an exact step).
   """
-  config_utils.validate(config, jax.device_count(), jax.process_count())
+  checked = check_config(config)
   with checkpointing.WorkdirLock(workdir):
     run = _Run(config)
-    ckpt = make_checkpointer(config, workdir)
+    ckpt = make_checkpointer(config, workdir, checked)
     writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
     try:
-      return _train(run, ckpt, writer, workdir)
+      result = _train(run, ckpt, writer, workdir, after_step)
+      if final_checkpoint is not None and not result.preempted:
+        state, meta = _restore(run, ckpt, final_checkpoint)
+        result.final = run.evaluate(run.strategy.put_state(state), int(meta['step']), writer,
+                                    prefix='eval_', workdir=workdir)
+      return result
     finally:
       ckpt.close()
       writer.close()
 
 
 def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.MetricWriter,
-           workdir: str) -> RunResult:
+           workdir: str, after_step: Callable[[int], None] | None) -> RunResult:
   config, strategy = run.config, run.strategy
   tc = config.train
   start_step, position = 0, 0
@@ -459,18 +351,19 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
   writer.discard_after(start_step)  # records after the checkpoint (if any) are redone now
   if jax.process_index() == 0:  # After a successful restore: a mismatched config never lands.
     config_utils.write_config(config, workdir)
-    write_run_info(workdir, state, run)
+    run_info.write(workdir, state.params, tc.parallel)
   device_state = strategy.put_state(state)
   del state
 
   train_step = strategy.train_step(make_train_step(run.model, run.tx, strategy.axis_name,
                                                    tc.modality_dropout, run.objectives))
-  batches = run.batches('train', position)
+  batches = run.batches('train', training=True, start_index=position)
   throughput = metrics_lib.Throughput(config.data.global_batch_size, start_step)
   pending: list[Any] = []  # per-step device metrics not yet fetched
   fetched: list[dict[str, np.ndarray]] = []  # fetched since the last log
   eval_metrics: dict[str, dict[str, Any]] = {}
   preemption = checkpointing.install_preemption_handler()
+  in_loop = [every for _, _, every in run.evaluators if every]
 
   def check_finite(step: int) -> None:
     """Fetches pending metrics; raises if any step's loss was NaN/Inf."""
@@ -503,9 +396,10 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
         jax.block_until_ready(step_metrics['loss'])
 
       last = step == tc.num_steps
+      due = lambda every, step=step, last=last: bool(every) and (step % every == 0 or last)
       do_log = step % tc.log_every == 0 or last
-      do_eval = (tc.eval_every and step % tc.eval_every == 0) or last
-      do_save = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or do_eval
+      do_eval = any(due(every) for every in in_loop)
+      do_save = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or do_eval or last
       stop = preemption.should_stop(step)
       if do_log or do_eval or do_save or stop:
         check_finite(step)
@@ -517,20 +411,20 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
         summary['lr'] = float(optim.current_lr(config.optim, tc.num_steps, step - 1))
         writer.write(step, 'train', summary)
       if do_eval:
-        eval_metrics = {split: run.evaluate(device_state, split) for split in tc.eval_splits}
-        for split, m in eval_metrics.items():
-          writer.write(step, split, m)
+        eval_metrics = run.evaluate(device_state, step, writer, due=due, workdir=workdir)
         throughput.reset(step)  # evaluation time is not training throughput
       if do_save or stop:
         ckpt.save(step, strategy.global_state(device_state), pipeline_position=batches.position,
                   metrics=_flat(eval_metrics) if do_eval else None, force=stop)
-      _maybe_kill(step)
+      if after_step is not None:
+        after_step(step)
       if stop:
         logging.warning('preemption requested: saved step %d, exiting', step)
         break
     if step == start_step and start_step >= tc.num_steps:
       logging.info('workdir already trained to step %d; evaluating only', start_step)
-      eval_metrics = {split: run.evaluate(device_state, split) for split in tc.eval_splits}
+      eval_metrics = run.evaluate(device_state, step, writer=_NO_WRITER,
+                                  due=lambda every: bool(every), workdir=workdir)
     ckpt.wait_until_finished()
   finally:
     preemption.close()
@@ -539,42 +433,41 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
                    preempted=stop)
 
 
+_NO_WRITER = metrics_lib.MetricWriter('', enabled=False)
+
+
+def _restore(run: _Run, ckpt: checkpointing.Checkpointer, checkpoint: str | int):
+  """(state, meta) of checkpoint 'latest', 'best' (the latest when no best is kept) or a
+  step number."""
+  target = run.initial_state(abstract=True)
+  if checkpoint == 'best' and ckpt.keep_best:
+    state, _, meta = ckpt.restore(target, best=True)
+  elif checkpoint in ('best', 'latest'):
+    state, _, meta = ckpt.restore(target)
+  else:
+    state, _, meta = ckpt.restore(target, step=int(checkpoint))
+  return state, meta
+
+
 def restore_state(config: Any, workdir: str, checkpoint: str | int = 'latest'):
-  """(state, meta) of a checkpoint in `workdir`: 'latest', 'best' or a step number."""
+  """(run, state, meta) of a checkpoint in `workdir`: 'latest', 'best' or a step number."""
+  checked = check_config(config)
   run = _Run(config)
-  ckpt = make_checkpointer(config, workdir)
+  ckpt = make_checkpointer(config, workdir, checked)
   try:
-    target = run.initial_state(abstract=True)
-    if checkpoint == 'best':
-      state, _, meta = ckpt.restore(target, best=True)
-    elif checkpoint == 'latest':
-      state, _, meta = ckpt.restore(target)
-    else:
-      state, _, meta = ckpt.restore(target, step=int(checkpoint))
+    state, meta = _restore(run, ckpt, checkpoint)
   finally:
     ckpt.close()
   return run, state, meta
 
 
-def evaluate(config: Any, workdir: str, checkpoint: str | int = 'latest') -> dict[str, Any]:
-  """Evaluates a checkpoint of `workdir` on every split in `train.eval_splits`, then runs
-  the evaluators of `config.evaluators` (crossmodal/evaluators.py) on it.
-
-  Writes the results to metrics.jsonl/TensorBoard as splits 'eval_<split>' / 'eval_<evaluator>'
-  and returns {split or evaluator: summary}.
-  """
-  config_utils.validate(config, jax.device_count(), jax.process_count())
+def evaluate(config: Any, workdir: str, checkpoint: str | int = 'best') -> dict[str, Any]:
+  """Runs every evaluator of `config.evaluators` on a checkpoint of `workdir`, writing the
+  results to metrics.jsonl/TensorBoard as splits 'eval_<name>'; returns {name: summary}."""
   run, state, meta = restore_state(config, workdir, checkpoint)
-  device_state = run.strategy.put_state(state)
-  step = int(meta['step'])
-  results = {split: run.evaluate(device_state, split) for split in config.train.eval_splits}
-  del device_state
-  from crossmodal import evaluators  # pylint: disable=g-import-not-at-top
-  results.update(evaluators.run_all(run, state, config.get('evaluators'), workdir))
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   try:
-    for name, m in results.items():
-      writer.write(step, f'eval_{name}', m)
+    return run.evaluate(run.strategy.put_state(state), int(meta['step']), writer,
+                        prefix='eval_', workdir=workdir)
   finally:
     writer.close()
-  return results

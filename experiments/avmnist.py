@@ -14,7 +14,7 @@ Presets (after ':', comma-separated), e.g. --config=experiments/avmnist.py:fusio
   subset=<n>           use only the first n examples of each split (0 = all; for quick checks)
   steps=<n>            training steps (default 2000, about 2.3 epochs of batch 64)
   evals=<a>+<b>        evaluators run on the best checkpoint after training and by --mode=eval
-                       (crossmodal/evaluators.py), e.g. robustness, retrieval, attention
+                       (crossmodal/evaluators/), e.g. robustness, retrieval, attention
 Any field can still be overridden, e.g. --config.optim.lr=3e-4 --config.data.data_dir=/data/tfds.
 
 The default recipe is `pca5_snr-11`: MNIST images rebuilt from 5 principal components and
@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for m in a.modalities:
     _check('modalities', m, ('image', 'audio'))
   for name in a.evals:
-    _check('evals', name, tuple(evaluators_lib.EVALUATORS))
+    _check('evals', name, tuple(evaluators_lib.REGISTRY))
   if a.snr != 'clean':
     try:
       float(a.snr)
@@ -91,9 +91,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.objectives = config_utils.objectives_config()  # classification only
   config.optim = config_utils.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)
   config.train = config_utils.train_config(
-      num_steps=a.steps, log_every=50, eval_every=500, checkpoint_every=500)
-  config.evaluators = ml_collections.ConfigDict(
-      {name: evaluators_lib.evaluator_config(name) for name in a.evals})
+      num_steps=a.steps, log_every=50, checkpoint_every=500)
+  config.evaluators = evaluators_lib.classification_config(every=500)  # validation, test
+  for name in a.evals:
+    config.evaluators[name] = evaluators_lib.evaluator_config(name)
   return config
 
 

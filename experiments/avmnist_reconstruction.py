@@ -36,6 +36,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = _AVMNIST.get_config(f'variant=clean,snr={a.snr},subset={a.subset},steps={a.steps}')
   config.objectives = config_utils.objectives_config(reconstruction=a.weight)
   config.objectives.reconstruction.update(source='audio', target='image')
-  config.evaluators = ml_collections.ConfigDict(
-      {'reconstruction': evaluators.evaluator_config('reconstruction')})
+  config.evaluators.reconstruction = evaluators.evaluator_config('reconstruction')
   return config

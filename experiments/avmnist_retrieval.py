@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                f'steps={a.steps}')
   config.objectives = config_utils.objectives_config(classification=0.0, contrastive=1.0)
   config.objectives.contrastive.update(loss=a.loss, same_class_positives=a.labels)
-  config.train.best_metric = 'loss'  # the validation contrastive loss picks the checkpoint
-  config.evaluators = ml_collections.ConfigDict(
-      {'retrieval': evaluators.evaluator_config('retrieval')})
+  # The validation contrastive loss picks the checkpoint.
+  config.train.best_metric = 'validation/loss'
+  config.evaluators.retrieval = evaluators.evaluator_config('retrieval')
   return config

@@ -19,7 +19,7 @@ Presets (after ':', comma-separated), e.g. --config=experiments/emoji.py:label=s
                         held-out training entries, 13 of the 1911 cross-style ones; both tasks
                         overfit these small sets, so the best validation checkpoint, evaluated
                         every 100 steps, is the one reported)
-  evals=<a>+<b>         evaluators after training (crossmodal/evaluators.py); zero_shot needs
+  evals=<a>+<b>         evaluators after training (crossmodal/evaluators/); zero_shot needs
                         the contrastive training of experiments/emoji_retrieval.py
 
 The held-out split tests generalisation to unseen entries of seen subcategories; on the
@@ -60,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for m in a.modalities:
     _check('modalities', m, ('image', 'text'))
   for name in a.evals:
-    _check('evals', name, tuple(evaluators_lib.EVALUATORS))
+    _check('evals', name, tuple(evaluators_lib.REGISTRY))
   if a.steps < 1:
     raise config_utils.ConfigError(f'emoji.py: steps={a.steps} must be >= 1')
 
@@ -85,10 +85,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.objectives = config_utils.objectives_config()  # classification only
   config.optim = config_utils.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)
   config.train = config_utils.train_config(
-      num_steps=a.steps, log_every=50, eval_every=100, checkpoint_every=100)
+      num_steps=a.steps, log_every=50, checkpoint_every=100)
+  config.evaluators = evaluators_lib.classification_config(every=100)  # validation, test
   pairs = {'retrieval': {'pair': ('text', 'image')}}  # the default pair is AV-MNIST's
-  config.evaluators = ml_collections.ConfigDict(
-      {name: evaluators_lib.evaluator_config(name, **pairs.get(name, {})) for name in a.evals})
+  for name in a.evals:
+    config.evaluators[name] = evaluators_lib.evaluator_config(name, **pairs.get(name, {}))
   return config
 
 

@@ -38,10 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              f'image_size={a.image_size},steps={a.steps}')
   config.objectives = config_utils.objectives_config(classification=0.0, contrastive=1.0)
   config.objectives.contrastive.pair = ('text', 'image')
-  config.train.best_metric = 'loss'  # the validation contrastive loss picks the checkpoint
-  config.evaluators = ml_collections.ConfigDict({
-      'retrieval': evaluators.evaluator_config('retrieval', pair=('text', 'image'),
-                                               picture_queries=8),
-      'zero_shot': evaluators.evaluator_config('zero_shot'),
-  })
+  # The validation contrastive loss picks the checkpoint.
+  config.train.best_metric = 'validation/loss'
+  config.evaluators.retrieval = evaluators.evaluator_config('retrieval', pair=('text', 'image'),
+                                                            picture_queries=8)
+  config.evaluators.zero_shot = evaluators.evaluator_config('zero_shot')
   return config

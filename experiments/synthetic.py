@@ -21,6 +21,7 @@ Expected result (test accuracy at the best validation checkpoint, seed 0, 2-core
 import ml_collections
 
 from crossmodal import config_utils
+from crossmodal import evaluators as evaluators_lib
 from crossmodal.data import synthetic
 from crossmodal.models import fusion as fusion_lib
 from crossmodal.models import model as model_lib
@@ -63,7 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optim = config_utils.optim_config(lr=3e-3, warmup_steps=20)
   config.train = config_utils.train_config(
-      num_steps=300, log_every=50, eval_every=100, checkpoint_every=100)
+      num_steps=300, log_every=50, checkpoint_every=100)
+  config.evaluators = evaluators_lib.classification_config(every=100)  # validation, test
   if a.size == 'tiny':
     _shrink(config)
   if a.steps:
@@ -83,4 +85,6 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
   if 'audio' in config.model.modalities:
     config.model.encoders.audio.features.update(n_mels=16, n_mfcc=8)
   config.optim.warmup_steps = 2
-  config.train.update(num_steps=12, log_every=4, eval_every=6, checkpoint_every=4)
+  config.train.update(num_steps=12, log_every=4, checkpoint_every=4)
+  for evaluator in config.evaluators.values():
+    evaluator.every = 6

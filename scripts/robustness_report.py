@@ -3,7 +3,7 @@ r"""Robustness table and accuracy-vs-noise curves across the runs of a sweep.
   python scripts/robustness_report.py --root=runs/fusion,runs/robustness \
       --variants=image_only,audio_only,late,concat,crossattn,bottleneck --reference=late
 
-Reads the latest `eval_robustness` record (crossmodal/evaluators.py, written by
+Reads the latest `eval_robustness` record (crossmodal/evaluators/robustness.py, written by
 `python -m crossmodal.main ... --mode=eval` with `evals=robustness`, or after training) of every
 `<root>/<variant>/seed<k>/metrics.jsonl` (the first root, of a comma-separated list, that has
 the variant), averages over seeds, and writes `<out>/robustness.md` and `<out>/robustness.png`
@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from crossmodal import evaluators
 from crossmodal import files
+from crossmodal.data import noise
+from crossmodal.evaluators import robustness
 
 
 def load_records(roots: Sequence[str], variant: str) -> list[dict[str, Any]]:
@@ -68,10 +69,10 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   return summary
 
 
-def _kinds(summary: Mapping[str, Any], modality: str) -> list[str]:
-  return sorted(k[:-len('/accuracy')] for k in summary
-                if k.startswith(f'{modality}_') and k.endswith('/accuracy')
-                and not k.startswith('missing_'))
+def _curves(summary: Mapping[str, Any], modality: str) -> list[str]:
+  """The accuracy-vs-noise curves of `modality` in `summary` (robustness.curve names)."""
+  return sorted(robustness.curve(modality, kind) for kind in noise.NOISES.get(modality, ())
+                if robustness.curve(modality, kind) in summary)
 
 
 def table(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str],
@@ -88,14 +89,14 @@ def table(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str],
           + [f'{m} RR' for m in modalities] + ([f'{m} ER' for m in modalities] if ref else []))
   lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
   for name, s in summaries.items():
-    row = [name, str(s['seeds']), cells(s['clean/accuracy'])]
-    row += [cells(s.get(f'missing_{m}/accuracy')) for m in modalities]
-    row += [cells(s.get(f'{m}/relative_robustness')) for m in modalities]
+    row = [name, str(s['seeds']), cells(s[robustness.CLEAN])]
+    row += [cells(s.get(robustness.missing(m))) for m in modalities]
+    row += [cells(s.get(robustness.area(m))) for m in modalities]
     if ref:
       for m in modalities:
-        kinds = [k for k in _kinds(s, m) if f'{k}/accuracy' in ref]
-        gaps = [evaluators.effective_robustness(s[f'{k}/accuracy'], ref[f'{k}/accuracy'])
-                / (len(s['levels']) - 1) for k in kinds]
+        curves = [k for k in _curves(s, m) if k in ref]
+        gaps = [robustness.effective_robustness(s[k], ref[k]) / (len(s['levels']) - 1)
+                for k in curves]
         row.append(cells(float(np.mean(gaps)) if gaps else None))
     lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines) + '\n'
@@ -107,24 +108,23 @@ def plot(summaries: Mapping[str, Mapping[str, Any]], modalities: Sequence[str], 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  kinds = sorted({k for s in summaries.values() for m in modalities for k in _kinds(s, m)})
-  if not kinds:
+  curves = sorted({k for s in summaries.values() for m in modalities for k in _curves(s, m)})
+  if not curves:
     raise ValueError('no accuracy-vs-noise curves in the records (config.evaluators.'
                      'robustness.noises was empty)')
-  cols = min(4, len(kinds))
-  rows = -(-len(kinds) // cols)
+  cols = min(4, len(curves))
+  rows = -(-len(curves) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
   colours = {name: plt.get_cmap('tab10')(i % 10) for i, name in enumerate(summaries)}
-  for ax, kind in zip(axes.ravel(), kinds):
+  for ax, key in zip(axes.ravel(), curves):
     for name, s in summaries.items():  # a variant keeps its colour in every panel
-      if f'{kind}/accuracy' in s:
-        ax.plot(s['levels'], [100 * a for a in s[f'{kind}/accuracy']], marker='.',
-                color=colours[name])
-    ax.set_title(kind.replace('_', ' ', 1), fontsize=9)
+      if key in s:
+        ax.plot(s['levels'], [100 * a for a in s[key]], marker='.', color=colours[name])
+    ax.set_title(key[:-len('/accuracy')].replace('_', ' ', 1), fontsize=9)
     ax.set_xlabel('noise level')
     ax.set_ylabel('test accuracy (%)')
     ax.set_ylim(0, 100)
-  for ax in axes.ravel()[len(kinds):]:
+  for ax in axes.ravel()[len(curves):]:
     ax.axis('off')
   fig.legend(handles=[matplotlib.lines.Line2D([], [], color=c, marker='.', label=n)
                       for n, c in colours.items()],

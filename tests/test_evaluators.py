@@ -1,6 +1,8 @@
 """Evaluators: retrieval ranks on hand-made cases, the robustness summaries against MultiBench's
-definitions, the noise corruptions, that a missing modality removes its information, and every
-evaluator end to end on a tiny synthetic run (records in metrics.jsonl, pictures on disk)."""
+definitions, the noise corruptions, that a missing modality removes its information, every
+evaluator end to end on a tiny synthetic run (records in metrics.jsonl, pictures on disk), their
+config errors, and that a new evaluator is one class plus one registry entry (in the loop, at
+the end, and as best_metric)."""
 import os
 
 import jax
@@ -10,13 +12,16 @@ import pytest
 
 from crossmodal import config_utils
 from crossmodal import evaluators
+from crossmodal.evaluators import attention
+from crossmodal.evaluators import common
+from crossmodal.evaluators import retrieval
+from crossmodal.evaluators import robustness
+from crossmodal.evaluators import zero_shot
 from crossmodal import files
 from crossmodal import train
 from crossmodal.data import noise
 from crossmodal.models import text as text_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
+from conftest import tiny_config
 
 
 def test_retrieval_ranks_hand_made():
@@ -24,7 +29,7 @@ def test_retrieval_ranks_hand_made():
   keys = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])  # exact ties
   queries = np.stack([keys[0], keys[2], keys[1] * 2.0 + keys[0] * 0.1, keys[3]])
   labels = np.array([0, 1, 0, 1])
-  instance, by_class = evaluators.retrieval_ranks(queries, keys, labels, labels, block=3)
+  instance, by_class = retrieval.ranks(queries, keys, labels, labels, block=3)
   # q1 = k2: similarities [-1, 0, 1, 0]; its own key k1 (0) comes after k2 and after k3, which
   # ties with it (ties count against the query): rank 3. q2 ~ k1: [.05, 1, -.05, -1]; own k2
   # after k1 and k0: rank 3.
@@ -32,7 +37,7 @@ def test_retrieval_ranks_hand_made():
   # By class: q1 (class 1): best class-1 key scores 0 (k1, k3), behind k2: rank 2. q2 (class 0):
   # best class-0 key k0 (.05), behind k1: rank 2.
   np.testing.assert_array_equal(by_class, [1, 2, 2, 1])
-  summary = evaluators.retrieval_summary(instance, by_class, ks=(1, 2))
+  summary = retrieval.summarize(instance, by_class, ks=(1, 2))
   assert summary['instance/recall@1'] == 0.5 and summary['instance/recall@2'] == 0.5
   assert summary['instance/median_rank'] == 2.0
   assert summary['class/recall@1'] == 0.5 and summary['class/recall@2'] == 1.0
@@ -42,8 +47,8 @@ def test_retrieval_ranks_blocks_do_not_change_the_result():
   rng = np.random.default_rng(0)
   q, k = rng.normal(size=(50, 4)), rng.normal(size=(50, 4))
   labels = rng.integers(0, 5, size=50)
-  whole = evaluators.retrieval_ranks(q, k, labels, labels, block=1000)
-  blocked = evaluators.retrieval_ranks(q, k, labels, labels, block=7)
+  whole = retrieval.ranks(q, k, labels, labels, block=1000)
+  blocked = retrieval.ranks(q, k, labels, labels, block=7)
   for a, b in zip(whole, blocked):
     np.testing.assert_array_equal(a, b)
   # Brute force: rank of own key, ties counted against the query.
@@ -59,17 +64,17 @@ def test_retrieval_ranks_blocks_do_not_change_the_result():
 
 
 def test_chance_class_recall():
-  assert evaluators.chance_class_recall(np.arange(10)) == pytest.approx(0.1)
-  assert evaluators.chance_class_recall(np.array([0, 0, 0, 1])) == pytest.approx(0.625)
+  assert retrieval.chance_class_recall(np.arange(10)) == pytest.approx(0.1)
+  assert retrieval.chance_class_recall(np.array([0, 0, 0, 1])) == pytest.approx(0.625)
 
 
 def test_robustness_summaries():
   levels = [0.0, 0.5, 1.0]
-  assert evaluators.relative_robustness(levels, [1.0, 1.0, 1.0]) == 1.0
-  assert evaluators.relative_robustness(levels, [0.8, 0.6, 0.2]) == pytest.approx(
+  assert robustness.relative_robustness(levels, [1.0, 1.0, 1.0]) == 1.0
+  assert robustness.relative_robustness(levels, [0.8, 0.6, 0.2]) == pytest.approx(
       0.5 * (0.7 + 0.4))
   # MultiBench: sum of f - (LF + f0 - LF0).
-  assert evaluators.effective_robustness([0.9, 0.7, 0.5], [0.8, 0.5, 0.2]) == pytest.approx(
+  assert robustness.effective_robustness([0.9, 0.7, 0.5], [0.8, 0.5, 0.2]) == pytest.approx(
       (0.9 - 0.9) + (0.7 - 0.6) + (0.5 - 0.3))
 
 
@@ -104,10 +109,10 @@ def test_noise_rejects_bad_kind_and_level():
 
 
 def _tiny_config(fusion='concat', evals=('retrieval', 'robustness'), **weights):
-  config = config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,fusion={fusion}')
+  config = tiny_config(f'size=tiny,fusion={fusion}')
   config.objectives = config_utils.objectives_config(**weights)
-  config.evaluators = ml_collections.ConfigDict(
-      {n: evaluators.evaluator_config(n) for n in evals})
+  for n in evals:
+    config.evaluators[n] = evaluators.evaluator_config(n)
   if 'robustness' in evals:
     config.evaluators.robustness.levels = (0.0, 0.5, 1.0)
   return config
@@ -127,14 +132,16 @@ def trained(tmp_path_factory):
 def test_missing_modality_removes_its_information(trained):
   """With the image hidden by the `present` mask, predictions do not depend on the image."""
   run, state, _ = train.restore_state(*trained, 'latest')
+  predict = run.engine.bind(run.strategy.put_state(state))
+  over = lambda **kw: predict.over(select, run.batches('test'), **kw)
   select = lambda out: {'logits': out['logits']}
   hide = lambda size: np.stack([np.zeros(size, bool), np.ones(size, bool)], 1)  # (image, audio)
   scramble = lambda batch, i: {**batch, 'image': np.random.default_rng(i).integers(
       0, 256, batch['image'].shape).astype(np.uint8)}
-  hidden = evaluators.outputs_over_split(run, state, 'test', select, present_fn=hide)
-  hidden_scrambled = evaluators.outputs_over_split(run, state, 'test', select, scramble, hide)
+  hidden = over(present_fn=hide)
+  hidden_scrambled = over(transform=scramble, present_fn=hide)
   np.testing.assert_allclose(hidden['logits'], hidden_scrambled['logits'], atol=1e-6)
-  shown_scrambled = evaluators.outputs_over_split(run, state, 'test', select, scramble)
+  shown_scrambled = over(transform=scramble)
   assert np.abs(shown_scrambled['logits'] - hidden_scrambled['logits']).max() > 1e-3
 
 
@@ -176,63 +183,146 @@ def test_attention_maps_and_pooled_vectors_under_crossattn(tmp_path):
   assert results['attention']['maps'] > 0 and os.path.exists(results['attention']['picture'])
   assert results['retrieval']['num_examples'] == 40
   config.objectives = config_utils.objectives_config()
-  with pytest.raises(ValueError, match='no pooled vector'):
-    train.check_buildable(config)
+  with pytest.raises(config_utils.ConfigError, match='retrieval: .*no pooled vector'):
+    train.check_config(config)
 
 
 def test_attention_axes_follow_the_fusion_names():
   # crossattn: 'source->target', the target's tokens are the queries (models/fusion.py).
-  assert evaluators._token_axes('cross_1/audio->image') == ('image', 'audio')
-  assert evaluators._token_axes('self_0/audio') == ('audio', 'audio')
-  assert evaluators._token_axes('layer_0/image') == ('image (+ bottleneck)',) * 2
-  assert evaluators._token_axes('layer_0') == ('all modalities',) * 2
+  assert attention.token_axes('cross_1/audio->image') == ('image', 'audio')
+  assert attention.token_axes('self_0/audio') == ('audio', 'audio')
+  assert attention.token_axes('layer_0/image') == ('image (+ bottleneck)',) * 2
+  assert attention.token_axes('layer_0') == ('all modalities',) * 2
 
 
 def test_evaluator_config_errors():
   config = _tiny_config()
   model = train.build_model(config, 10, None)
   text_model = train.build_model(
-      config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,modalities=image+text'), 10, None)
-  with pytest.raises(ValueError, match='unknown evaluator'):
-    evaluators.check_config({'fid': {}}, model)
-  bad = ml_collections.ConfigDict({'robustness': evaluators.evaluator_config('robustness')})
-  bad.robustness.noises.audio = ('rotation',)
-  with pytest.raises(ValueError, match='valid choices'):
-    evaluators.check_config(bad, model)
-  bad = ml_collections.ConfigDict({'retrieval': evaluators.evaluator_config('retrieval')})
-  with pytest.raises(ValueError, match='two different modalities'):
-    evaluators.check_config(bad, text_model)
-  with pytest.raises(ValueError, match='must be positive'):
-    evaluators.check_config({'retrieval': evaluators.evaluator_config('retrieval', block=0)},
-                            model)
-  with pytest.raises(ValueError, match='from 0 \\(clean\\) to 1'):
-    evaluators.check_config({'robustness': evaluators.evaluator_config(
-        'robustness', levels=(0.0, 0.5))}, model)
-  with pytest.raises(ValueError, match='no decoder'):  # before training, not after it
-    evaluators.check_config({'reconstruction': evaluators.evaluator_config('reconstruction')},
-                            model)
-  with pytest.raises(ValueError, match='no attention maps'):
-    evaluators.check_config({'attention': evaluators.evaluator_config('attention')}, model)
-  with pytest.raises(ValueError, match='needs image and text'):
-    evaluators.check_config({'zero_shot': evaluators.evaluator_config('zero_shot')}, model)
-  zero_shot = {'zero_shot': evaluators.evaluator_config('zero_shot')}
-  with pytest.raises(ValueError, match='only a contrastive objective'):
-    evaluators.check_config(zero_shot, text_model)  # classification alone: unaligned spaces
+      tiny_config('size=tiny,modalities=image+text'), 10, None)
+  build = lambda evals, m=model, objectives=None: evaluators.build_all(
+      ml_collections.ConfigDict(evals), m, objectives)
+  error = lambda match: pytest.raises(config_utils.ConfigError, match=match)
+  with error(r"config.evaluators.fid.type='fid': unknown evaluator; valid choices: \['attention'"):
+    build({'fid': {}})
+  with error(r"config.evaluators.retrieval: unknown option\(s\) \['k'\]; valid options: "
+             r"\['block', 'ks', 'pair', 'picture_queries', 'split'\]"):
+    build({'retrieval': {'k': 3}})
+  with error(r"config.evaluators.retrieval.split='val': valid choices"):
+    build({'retrieval': {'split': 'val'}})
+  with error(r"config.evaluators.retrieval.every=-1: must be an int >= 0"):
+    build({'retrieval': {'every': -1}})
+  with error(r"config.evaluators.retrieval.block='8': must be of type int"):
+    build({'retrieval': {'block': '8'}})
+  bad = {'robustness': evaluators.evaluator_config('robustness')}
+  bad['robustness'].noises.audio = ('rotation',)
+  with error(r"config.evaluators.robustness.noises.audio: 'rotation'; valid choices"):
+    build(bad)
+  with error('config.evaluators.retrieval.pair: .* two different modalities'):
+    build({'retrieval': evaluators.evaluator_config('retrieval')}, text_model)
+  with error('must be positive'):
+    build({'retrieval': evaluators.evaluator_config('retrieval', block=0)})
+  with error('from 0 \\(clean\\) to 1'):
+    build({'robustness': evaluators.evaluator_config('robustness', levels=(0.0, 0.5))})
+  with error('no decoder'):  # before training, not after it
+    build({'reconstruction': evaluators.evaluator_config('reconstruction')})
+  with error('no attention maps'):
+    build({'attention': evaluators.evaluator_config('attention')})
+  with error('needs image and text'):
+    build({'zero_shot': evaluators.evaluator_config('zero_shot')})
+  zero_shot_config = {'zero_shot': evaluators.evaluator_config('zero_shot')}
+  with error('only a contrastive objective'):
+    build(zero_shot_config, text_model)  # classification alone: unaligned spaces
   aligned = config_utils.objectives_config(contrastive=1.0)
   aligned.contrastive.pair = ('image', 'text')
-  evaluators.check_config(zero_shot, text_model, aligned)
-  with pytest.raises(ValueError, match="exactly one '{}'"):
-    evaluators.check_config({'zero_shot': evaluators.evaluator_config(
-        'zero_shot', template='a photo')}, text_model, aligned)
+  build(zero_shot_config, text_model, aligned)
+  with error("exactly one '{}'"):
+    build({'zero_shot': evaluators.evaluator_config('zero_shot', template='a photo')},
+          text_model, aligned)
   # Synthetic data has captions but no class names: refused before training, not after it.
-  text_config = config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,modalities=image+text')
+  text_config = tiny_config('size=tiny,modalities=image+text')
   text_config.objectives = aligned
-  text_config.evaluators = ml_collections.ConfigDict(zero_shot)
+  text_config.evaluators.zero_shot = zero_shot_config['zero_shot']
   with pytest.raises(ValueError, match='only emoji has'):
-    train.check_buildable(text_config)
-  with pytest.raises(ValueError, match='pictures need pair=\\(text, image\\)'):
-    evaluators.check_config({'retrieval': evaluators.evaluator_config(
-        'retrieval', picture_queries=4)}, model)
+    train.check_config(text_config)
+  with error('pictures need pair=\\(text, image\\)'):
+    build({'retrieval': evaluators.evaluator_config('retrieval', picture_queries=4)})
+
+
+def test_best_metric_must_be_declared_by_an_in_loop_evaluator_off_the_test_split():
+  config = _tiny_config(evals=('retrieval',))
+  train.check_config(config)  # validation/accuracy, declared by the classification evaluator
+  for name, match in [
+      ('validation/acuracy', r"no evaluator of config.evaluators declares it; the in-loop "
+                             r"evaluators declare \[.*'validation/accuracy'"),
+      ('retrieval/audio_to_image/instance/recall@1', r'runs only after training \(every=0\)'),
+      ('test/accuracy', 'reads the test split')]:
+    config.train.best_metric = name
+    with pytest.raises(config_utils.ConfigError, match=match):
+      train.check_config(config)
+  config.evaluators.retrieval.update(every=6, split='validation')
+  config.train.best_metric = 'retrieval/audio_to_image/class/median_rank'
+  built = train.check_config(config)
+  assert evaluators.best_metric(config.train.best_metric, built)[1] == 'min'
+  # A contrastive-only run trains no classifier: accuracy is not declared, its loss is.
+  config = _tiny_config(evals=(), classification=0.0, contrastive=1.0)
+  with pytest.raises(config_utils.ConfigError, match='no evaluator of config.evaluators'):
+    train.check_config(config)
+  config.train.best_metric = 'validation/loss'
+  train.check_config(config)
+
+
+def test_classification_first_in_split_order_then_the_rest_by_name():
+  config = _tiny_config(evals=('robustness', 'retrieval'))
+  config.evaluators.train_accuracy = evaluators.evaluator_config('classification', split='train')
+  model = train.build_model(config, 10, None)
+  names = [n for n, _, _ in evaluators.build_all(config.evaluators, model)]
+  assert names == ['validation', 'test', 'train_accuracy', 'retrieval', 'robustness']
+
+
+class _MeanLogit(common.Evaluator):
+  """A toy evaluator, registered from this file: the mean of the top logit over a split."""
+
+  def __init__(self, model, objectives=None, data=None, *, split='validation', scale=1.0):
+    super().__init__(model, objectives, data, split=split)
+    self.scale = scale
+
+  def metrics(self):
+    return {'mean_top_logit': common.MAX}
+
+  def run(self, predict, batches, workdir):
+    got = predict.over(_top_logit, batches())
+    return {'mean_top_logit': self.scale * float(got['top'].mean()),
+            'num_examples': len(got['label'])}
+
+
+def _top_logit(out):
+  return {'top': out['logits'].max(-1)}
+
+
+@pytest.mark.slow
+def test_a_new_evaluator_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
+  monkeypatch.setitem(evaluators.REGISTRY, 'mean_logit', _MeanLogit)
+  config = tiny_config('size=tiny')
+  config.evaluators.mean_logit = evaluators.evaluator_config('mean_logit', every=4, scale=2.0)
+  config.train.best_metric = 'mean_logit/mean_top_logit'
+  workdir = str(tmp_path / 'w')
+  result = train.train_and_evaluate(config, workdir)
+  records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  in_loop = [r for r in records if r['split'] == 'mean_logit']
+  assert [r['step'] for r in in_loop] == [4, 8, 12]  # every 4 steps; 12 is also the last
+  assert all(r['num_examples'] == 40 for r in in_loop)
+  # The best checkpoint is the step with the highest declared metric, and the final record
+  # is the evaluator run again on that checkpoint.
+  best = max(in_loop, key=lambda r: r['mean_top_logit'])
+  final = [r for r in records if r['split'] == 'eval_mean_logit']
+  assert len(final) == 1 and final[0]['step'] == best['step']
+  assert final[0]['mean_top_logit'] == best['mean_top_logit']
+  assert result.final['mean_logit'] == {k: v for k, v in final[0].items()
+                                        if k not in ('step', 'split')}
+  with pytest.raises(config_utils.ConfigError, match=r"mean_logit: unknown option\(s\) \['scal'\]"):
+    config.evaluators.mean_logit.scal = 1.0
+    train.check_config(config)
 
 
 def test_zero_shot_summary_hand_made():
@@ -240,7 +330,7 @@ def test_zero_shot_summary_hand_made():
   images = np.array([[2.0, 0.1], [0.1, 3.0], [-1.0, -0.2], [0.0, -1.0]])
   labels = np.array([0, 1, 1, 2])
   # Predictions 0, 1, 2 and (tie of 0 and 2 at cosine 0) 0: the lower index wins.
-  s = evaluators.zero_shot_summary(images, classes, labels)
+  s = zero_shot.summarize(images, classes, labels)
   assert s['accuracy'] == 0.5 and s['top5_accuracy'] == 1.0 and s['num_classes'] == 3
   assert s['majority_class/accuracy'] == 0.5
 
@@ -249,7 +339,7 @@ def test_zero_shot_summary_hand_made():
 def test_text_vectors_match_the_model_on_the_text_alone(tmp_path):
   """Zero-shot's class-name vectors (one padded global batch with zero images) equal the text
   encoder's pooled vectors computed directly, on 4 names (padding rows dropped)."""
-  config = config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,modalities=image+text')
+  config = tiny_config('size=tiny,modalities=image+text')
   config.objectives = config_utils.objectives_config(contrastive=1.0)
   config.objectives.contrastive.pair = ('text', 'image')
   config.train.num_steps = 3
@@ -258,7 +348,9 @@ def test_text_vectors_match_the_model_on_the_text_alone(tmp_path):
   run, state, _ = train.restore_state(config, workdir, 'latest')
   ids = text_lib.encode(['red', 'green blue', 'a much longer class name', 'x'],
                         config.data.synthetic.text_length)
-  got = evaluators._text_vectors(run, state, ids, 'test')
+  predict = run.engine.bind(run.strategy.put_state(state))
+  example = next(run.batches('test'))
+  got = zero_shot._text_vectors(predict, ids, example, run.model.modalities)
   example = run.source('test')[0]
   batch = {'image': np.zeros((4,) + example['image'].shape, np.uint8), 'text': ids}
   variables = {'params': jax.device_get(state.params)}

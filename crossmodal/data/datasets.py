@@ -189,3 +189,30 @@ def get_source(data_config, split: str):
 def dataset_info(data_config) -> DatasetInfo:
   """Number of classes, available modalities and split sizes of the configured dataset."""
   return _lookup(data_config)[1](data_config)
+
+
+def _internet_available(host: str = 'storage.googleapis.com', timeout: float = 5.0) -> bool:
+  import socket  # pylint: disable=import-outside-toplevel
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def check_available(data_config) -> None:
+  """sources.SourceError when AV-MNIST is neither prepared, nor available locally, nor
+  downloadable: without this, TFDS would retry the download for minutes before failing."""
+  if _get(data_config, 'name') != 'avmnist':
+    return
+  from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
+  from crossmodal.data import sources  # pylint: disable=import-outside-toplevel
+  builder_config = _get(data_config, 'builder_config', 'pca')
+  builder = avmnist.get_builder(builder_config, data_dir=_get(data_config, 'data_dir'))
+  if builder.is_prepared():
+    return
+  if (sources.resolve_manual_dir(_get(data_config, 'manual_dir')) is None
+      and not _internet_available()):
+    raise sources.SourceError(
+        f'AV-MNIST ({builder_config}) is not prepared in {builder.data_dir}, no source '
+        'directory was found and there is no internet.')
