@@ -314,6 +314,9 @@ class Checkpointer:
             metrics=ranked,
             force=force,
         )
+        if saved:
+            logging.info("saving checkpoint %d to %s%s", step, self.directory,
+                         f" ({self.best_metric}={ranked[self.best_metric]:.4g})" if ranked else "")
         return bool(saved)
 
     # -- restore

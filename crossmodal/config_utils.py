@@ -1,19 +1,21 @@
-"""Config validation, preset-argument parsing and config files in the workdir.
+"""Config files: loading, preset-argument parsing, command-line overrides (type switches
+included), diffing and writing them to the workdir; and `validate`.
 
 `validate(config)` runs before anything is built (no model, no data, no compile), so a typo
-or an out-of-range value costs a second, not a compile. Every message names the option as it
-is written on the command line (`config.optim.name`) and lists the valid choices.
+or an out-of-range value costs a second, not a compile. It asks the module that owns each
+node to check it (crossmodal/schema.py: data, model with its encoders, fusion and objectives,
+optim) and checks config.train itself. Every message names the option as it is written on the
+command line (`config.optim.name`) and lists the valid choices.
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import importlib.util
 import json
-import math
 import os
 import sys
 import types
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from etils import epath
 import ml_collections
@@ -21,17 +23,17 @@ import ml_collections
 from crossmodal import files
 from crossmodal import schema
 
-OPTIMIZERS = ('adamw', 'sgd', 'rmsprop')
-SCHEDULES = ('cosine', 'constant')
-PARALLEL_MODES = ('jit', 'pmap')
-SYNC_CHOICES = ('auto', 'on', 'off')
-DTYPES = ('float32', 'bfloat16')
-MODALITIES = ('image', 'audio', 'text')
-OBJECTIVES = ('classification', 'aux_classification', 'contrastive', 'reconstruction')
-CONTRASTIVE_LOSSES = ('infonce', 'triplet')
-
-
 ConfigError = schema.ConfigError
+
+# Names that moved to the module owning them; still importable from here for config files.
+_MOVED = {'optim_config': 'crossmodal.optim', 'objectives_config': 'crossmodal.objectives',
+          'CONTRASTIVE_LOSSES': 'crossmodal.objectives'}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _MOVED:
+    return getattr(importlib.import_module(_MOVED[name]), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -121,66 +123,36 @@ class _Errors:
       self.messages.append(msg)
 
 
-def _number(v: Any) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
+_number, _int = schema.number, schema.integer
 
 
 def validate(config: Any, device_count: int | None = None,
              process_count: int | None = None) -> None:
-  """Raises ConfigError listing every invalid option of a resolved config.
+  """Raises ConfigError listing every invalid option of a resolved config: config.data,
+  config.model (with its encoders, fusion and config.objectives) and config.optim through
+  the modules that own them (datasets.check_options, model.check_config, optim.check_config),
+  config.train and the seed here.
 
   `device_count` / `process_count` (the global device and process counts; pass
   `jax.device_count()` / `jax.process_count()`) enable the batch divisibility checks.
   """
+  from crossmodal import optim  # pylint: disable=import-outside-toplevel
+  from crossmodal.data import datasets  # pylint: disable=import-outside-toplevel
+  from crossmodal.models import model as model_lib  # pylint: disable=import-outside-toplevel
+  from crossmodal import parallel  # pylint: disable=import-outside-toplevel
   e = _Errors(config)
   e.check('seed', lambda v: _int(v) and v >= 0, 'must be an int >= 0')
-
-  # Data: batch sizes must split evenly over processes and devices.
-  for key in ('global_batch_size', 'eval_batch_size'):
-    e.check(f'data.{key}', lambda v: _int(v) and v > 0, 'must be a positive int')
-    size = e.get(f'data.{key}')
-    if _int(size) and size > 0:
-      for n, what in ((device_count, 'device count'), (process_count, 'process count')):
-        if n and size % n:
-          e.messages.append(f'config.data.{key}={size} must be divisible by the {what} '
-                            f'({n}); e.g. {max(n, size // n * n)}')
-
-  data = e.get('data')
-  if isinstance(data, (dict, ml_collections.ConfigDict)) and 'cache' in data:
-    e.check('data.cache', lambda v: isinstance(v, bool), 'must be True or False')
-    if data['cache'] is True and data.get('worker_count', 0):
-      e.messages.append(f'config.data.cache=True with config.data.worker_count='
-                        f'{data["worker_count"]}: every worker process would hold its own '
-                        'copy of the dataset; use one of them')
-
-  # Model (the model module checks its encoder/fusion sub-configs when it builds them).
-  e.check('model.modalities',
-          lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(MODALITIES),
-          'must be a non-empty tuple of distinct modalities', MODALITIES)
-  e.check('model.dim', lambda v: _int(v) and v > 0, 'must be a positive int')
-  model = e.get('model')
-  if isinstance(model, (dict, ml_collections.ConfigDict)) and 'dropout' in model:
-    e.check('model.dropout', lambda v: _number(v) and 0 <= v < 1, 'must be in [0, 1)')
-
-  # Optimizer.
-  e.check('optim.name', lambda v: v in OPTIMIZERS, 'unknown optimizer', OPTIMIZERS)
-  e.check('optim.schedule', lambda v: v in SCHEDULES, 'unknown schedule', SCHEDULES)
-  e.check('optim.lr', lambda v: _number(v) and v > 0, 'must be a positive number')
-  e.check('optim.warmup_steps', lambda v: _int(v) and v >= 0, 'must be an int >= 0')
-  e.check('optim.end_lr_ratio', lambda v: _number(v) and 0 <= v <= 1, 'must be in [0, 1]')
-  e.check('optim.weight_decay', lambda v: _number(v) and v >= 0, 'must be >= 0')
-  e.check('optim.grad_clip', lambda v: _number(v) and v >= 0,
-          'must be >= 0 (0 disables clipping)')
-  e.check('optim.accum_steps', lambda v: _int(v) and v >= 1, 'must be an int >= 1')
-  for key in ('momentum', 'b1', 'b2', 'rms_decay'):
-    e.check(f'optim.{key}', lambda v: _number(v) and 0 <= v < 1, 'must be in [0, 1)')
-  e.check('optim.eps', lambda v: _number(v) and v > 0, 'must be a positive number')
-
-  _check_optimizer_fields_apply(e)
+  num_steps = e.get('train.num_steps')
+  owners = {'data': lambda node: datasets.check_options(node, device_count, process_count),
+            'model': lambda node: model_lib.check_config(node, config.get('objectives')),
+            'optim': lambda node: optim.check_config(node, num_steps)}
+  for section, check in owners.items():
+    node = e.get(section)
+    if node is not _MISSING:
+      try:
+        check(node)
+      except ConfigError as error:
+        e.messages += error.problems
 
   # Training loop.
   e.check('train.num_steps', lambda v: _int(v) and v > 0, 'must be a positive int')
@@ -189,75 +161,19 @@ def validate(config: Any, device_count: int | None = None,
           'must be an int >= 0 (0 = checkpoint only at evaluations and the end)')
   e.check('train.keep_checkpoints', lambda v: _int(v) and v >= 1, 'must be an int >= 1')
   e.check('train.async_checkpoints', lambda v: isinstance(v, bool), 'must be True or False')
-  e.check('train.parallel', lambda v: v in PARALLEL_MODES, 'unknown parallel mode',
-          PARALLEL_MODES)
-  e.check('train.sync_every_step', lambda v: v in SYNC_CHOICES, 'unknown setting',
-          SYNC_CHOICES)
-  e.check('train.dtype', lambda v: v in DTYPES, 'unsupported compute dtype', DTYPES)
+  e.check('train.parallel', lambda v: v in parallel.PARALLEL_MODES, 'unknown parallel mode',
+          parallel.PARALLEL_MODES)
+  e.check('train.sync_every_step', lambda v: v in parallel.SYNC_CHOICES, 'unknown setting',
+          parallel.SYNC_CHOICES)
+  e.check('train.dtype', lambda v: v in model_lib.DTYPES, 'unsupported compute dtype',
+          tuple(model_lib.DTYPES))
   e.check('train.best_metric', lambda v: isinstance(v, str),
           "must be '<evaluator>/<metric>' (e.g. 'validation/accuracy') or '' for none")
   e.check('train.modality_dropout', lambda v: _number(v) and 0 <= v < 1,
           'must be in [0, 1) (probability of hiding each modality of a training example)')
-  if isinstance(config, (dict, ml_collections.ConfigDict)) and 'objectives' in config:
-    _check_objectives(e)
-  accum = e.get('optim.accum_steps')
-  steps = e.get('train.num_steps')
-  if _int(accum) and _int(steps) and accum >= 1 and steps % accum:
-    e.messages.append(f'config.train.num_steps={steps} must be a multiple of '
-                      f'config.optim.accum_steps={accum} (every update sees a full set)')
   if e.messages:
     messages = list(dict.fromkeys(e.messages))
     raise ConfigError('invalid config:\n  ' + '\n  '.join(messages))
-
-
-def _check_objectives(e: _Errors) -> None:
-  objectives = e.get('objectives')
-  unknown = sorted(set(objectives) - set(OBJECTIVES))
-  if unknown:
-    e.messages.append(f'config.objectives: unknown objective(s) {unknown}; valid: {OBJECTIVES}')
-  for name in OBJECTIVES:
-    e.check(f'objectives.{name}.weight', lambda v: _number(v) and v >= 0, 'must be >= 0')
-  weights = [e.get(f'objectives.{name}.weight') for name in OBJECTIVES]
-  if all(_number(w) for w in weights) and not any(w > 0 for w in weights):
-    e.messages.append('config.objectives: every weight is 0, so nothing would be trained')
-  e.check('objectives.contrastive.loss', lambda v: v in CONTRASTIVE_LOSSES, 'unknown loss',
-          CONTRASTIVE_LOSSES)
-  e.check('objectives.contrastive.pair', lambda v: len(v) == 2 and len(set(v)) == 2
-          and set(v) <= set(MODALITIES), 'must be two different modalities', MODALITIES)
-  e.check('objectives.contrastive.temperature', lambda v: _number(v) and v > 0,
-          'must be a positive number')
-  e.check('objectives.contrastive.margin', lambda v: _number(v) and v >= 0, 'must be >= 0')
-  for key in ('learn_temperature', 'same_class_positives'):
-    e.check(f'objectives.contrastive.{key}', lambda v: isinstance(v, bool),
-            'must be True or False')
-  for key in ('source', 'target'):
-    e.check(f'objectives.reconstruction.{key}', lambda v: v in MODALITIES, 'unknown modality',
-            MODALITIES)
-  e.check('objectives.reconstruction.hidden',
-          lambda v: all(_int(w) and w > 0 for w in v), 'must be a tuple of positive ints')
-
-
-# Which optimizer fields each optimizer reads; a field another optimizer reads must keep its
-# default, so that e.g. `optim.b2` set on an SGD run is an error instead of silently ignored.
-OPTIMIZER_FIELDS = {'adamw': ('b1', 'b2', 'eps'), 'sgd': ('momentum',),
-                    'rmsprop': ('momentum', 'eps', 'rms_decay')}
-
-
-def _check_optimizer_fields_apply(e: _Errors) -> None:
-  name = e.get('optim.name')
-  if name not in OPTIMIZER_FIELDS:
-    return
-  defaults = optim_config()
-  for key in sorted({k for ks in OPTIMIZER_FIELDS.values() for k in ks}):
-    value = e.get(f'optim.{key}')
-    if key not in OPTIMIZER_FIELDS[name] and value is not _MISSING and value != defaults[key]:
-      users = [n for n, ks in OPTIMIZER_FIELDS.items() if key in ks]
-      e.messages.append(f'config.optim.{key}={value!r} has no effect with '
-                        f'config.optim.name={name!r} (used by {users}); leave it at '
-                        f'{defaults[key]!r} or choose one of those optimizers')
-  if e.get('optim.schedule') == 'constant' and e.get('optim.end_lr_ratio') not in (
-      _MISSING, defaults.end_lr_ratio):
-    e.messages.append("config.optim.end_lr_ratio applies to schedule='cosine' only")
 
 
 def load_module(path: str, name: str, register: bool = False) -> types.ModuleType:
@@ -277,19 +193,6 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(':')
   module = load_module(path, '_crossmodal_config')
   return module.get_config(arg) if arg else module.get_config()
-
-
-def dataclass_from_config(cls: type, cfg: Any, what: str) -> Any:
-  """`cls(**cfg)` for a dataclass from a ConfigDict / dict / instance, naming unknown keys (a
-  typo in an override must fail, not fall back to a default)."""
-  if isinstance(cfg, cls):
-    return cfg
-  values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-  valid = [f.name for f in dataclasses.fields(cls)]
-  unknown = sorted(set(values) - set(valid))
-  if unknown:
-    raise ValueError(f'{what}: unknown option(s) {unknown}; valid options: {", ".join(valid)}')
-  return cls(**values)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -394,45 +297,137 @@ def _keys(node: Any) -> list[str] | None:
   return None
 
 
+# ----------------------------------------------------------------------------- type switches
+
+
+def _fusion_of_type(fusion_type: str) -> ml_collections.ConfigDict:
+  from crossmodal.models import fusion  # pylint: disable=import-outside-toplevel
+  return fusion.fusion_config(fusion_type)
+
+
+def _encoder_of_type(modality: str, encoder_type: str) -> ml_collections.ConfigDict:
+  from crossmodal.models import encoders  # pylint: disable=import-outside-toplevel
+  return encoders.encoder_config(modality, encoder_type)
+
+
+# Config nodes whose fields depend on their `type`: a dotted pattern ('*': any key) and the
+# function giving a type's node at its defaults, called with the keys '*' matched, then the type.
+TYPED_NODES: dict[str, Callable[..., ml_collections.ConfigDict]] = {
+    'model.fusion': _fusion_of_type,
+    'model.encoders.*': _encoder_of_type,
+}
+
+
+def _typed_node(path: str) -> tuple[Callable[..., Any], list[str]] | None:
+  """(TYPED_NODES function, its '*' keys) for a node path, or None if it is not typed."""
+  parts = path.split('.')
+  for pattern, make in TYPED_NODES.items():
+    want = pattern.split('.')
+    if len(want) == len(parts) and all(w in ('*', p) for w, p in zip(want, parts)):
+      return make, [p for w, p in zip(want, parts) if w == '*']
+  return None
+
+
+def _plain(value: Any) -> Any:
+  """A value comparable across ConfigDicts, dicts, lists and tuples."""
+  if isinstance(value, (ml_collections.ConfigDict, Mapping)):
+    return {k: _plain(v) for k, v in schema.as_dict(value).items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def switch_type(config: Any, path: str, new_type: str, command_line: Iterable[str] = ()) -> None:
+  """Gives the typed node at `path` ('model.fusion', 'model.encoders.image': TYPED_NODES) the
+  type `new_type`, as `--config.<path>.type=<new_type>` asks, in place.
+
+  The rule: the node gets exactly the new type's fields. A field that holds the old type's
+  default gives way to the new type's default; a field set explicitly (in the config file: its
+  value differs from the old type's default) keeps its value if the new type has it, and is an
+  error naming it if it does not. So is a field of the node set on the command line
+  (`command_line`: the dotted paths of all overrides, applied afterwards by the caller) that
+  the new type does not have; the new type's own fields may be set there. An unknown type is
+  an error listing the valid ones. Raises ConfigError; does nothing if the type is unchanged.
+  """
+  *parents, key = path.split('.')
+  parent = _walk(config, '.'.join(parents)) if parents else config
+  node, (make, keys) = parent[key], _typed_node(path)
+  old_type = node.get('type')
+  if new_type == old_type:
+    return
+  new = make(*keys, new_type)
+  try:
+    old_defaults = _plain(make(*keys, old_type))
+  except ConfigError:
+    old_defaults = {}
+  old = _plain(node)
+  explicit = [k for k in node if k != 'type' and old[k] != old_defaults.get(k, _MISSING)]
+  set_here = [p[len(path) + 1:].split('.')[0] for p in command_line
+              if p.startswith(path + '.') and p != f'{path}.type']
+  fields = sorted(set(new) - {'type'})
+  problems = [f'config.{path}.{k}={old[k]!r} is set by the config file, but type {new_type!r} '
+              f'of config.{path} has no such field (its fields: {fields}); use a config file '
+              f'or preset that sets type {new_type!r}' for k in explicit if k not in new]
+  problems += [f'--config.{path}.{k}: type {new_type!r} of config.{path} has no field {k!r}; '
+               f'its fields: {fields}' for k in dict.fromkeys(set_here) if k not in new]
+  if problems:
+    raise ConfigError(problems=problems)
+  for k in explicit:
+    new[k] = node[k]
+  unlocked = isinstance(parent, ml_collections.ConfigDict)
+  with parent.unlocked() if unlocked else contextlib.nullcontext():
+    parent[key] = new
+
+
+def switch_types(config: Any, overrides: Mapping[str, Any]) -> None:
+  """Applies every type override of `overrides` ({dotted path: value}, in command-line order)
+  to a typed node of `config` with `switch_type`; the caller then applies the overrides."""
+  paths = list(overrides)
+  for path, value in overrides.items():
+    node = path[:-len('.type')]
+    if path.endswith('.type') and _typed_node(node) is not None and isinstance(value, str):
+      try:
+        _walk(config, node)
+      except (KeyError, AttributeError, TypeError):
+        continue  # not in this config: check_overrides names it
+      switch_type(config, node, value, command_line=paths)
+
+
+def _walk(config: Any, path: str) -> Any:
+  for part in path.split('.'):
+    config = config[part]
+  return config
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
+  """`config` with `overrides` ({dotted path: value}) applied as `--config.<path>=<value>`
+  arguments are: type switches first (switch_types), then every value. Returns `config`."""
+  switch_types(config, overrides)
+  config.update_from_flattened_dict(dict(overrides))
+  return config
+
+
+def command_line_overrides(argv: Sequence[str], name: str = 'config') -> dict[str, str | None]:
+  """{dotted path: value as written} of the `--config.<path>=<value>` (or `--config.<path>
+  <value>`) arguments in `argv`, in order (a repeated path keeps its last value and place);
+  a bare `--config.<path>` / `--noconfig.<path>` (booleans) gives None."""
+  out: dict[str, str | None] = {}
+  prefixes = (f'--{name}.', f'-{name}.', f'--no{name}.', f'-no{name}.')
+  for i, arg in enumerate(argv):
+    prefix = next((p for p in prefixes if arg.startswith(p)), None)
+    if prefix is None:
+      continue
+    path, eq, value = arg[len(prefix):].partition('=')
+    if not eq:
+      following = argv[i + 1] if i + 1 < len(argv) else None
+      value = following if following is not None and not following.startswith('-') else None
+    out.pop(path, None)
+    out[path] = value
+  return out
+
+
 # ----------------------------------------------------------------------------- shared defaults
 # Experiment files start from these so every config has every field `validate` checks.
-
-
-def optim_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """config.optim defaults (AdamW, warmup + cosine); see crossmodal/optim.py."""
-  c = ml_collections.ConfigDict(dict(
-      name='adamw', lr=1e-3, schedule='cosine', warmup_steps=0, end_lr_ratio=0.0,
-      weight_decay=1e-4, grad_clip=0.0, accum_steps=1,
-      momentum=0.9,  # sgd / rmsprop (0 = none)
-      b1=0.9, b2=0.999, eps=1e-8,  # adamw (eps also rmsprop)
-      rms_decay=0.9))
-  c.update(overrides)
-  return c
-
-
-def objectives_config(**weights: float) -> ml_collections.ConfigDict:
-  """config.objectives defaults (classification only); see crossmodal/objectives.py.
-
-  weights: e.g. objectives_config(classification=0.0, contrastive=1.0).
-  """
-  c = ml_collections.ConfigDict(dict(
-      classification=dict(weight=1.0),  # the fusion's classifier
-      aux_classification=dict(weight=0.0),  # a linear head per modality on its pooled vector
-      contrastive=dict(
-          weight=0.0, pair=('audio', 'image'),
-          loss='infonce',  # or 'triplet' (margin loss on cosine similarity)
-          temperature=0.07,  # initial value when learned (CLIP)
-          learn_temperature=True,
-          margin=0.2,  # triplet only
-          same_class_positives=False),  # with labels: every same-class pair is a positive
-      reconstruction=dict(weight=0.0, source='audio', target='image', hidden=(512,)),
-  ))
-  unknown = sorted(set(weights) - set(OBJECTIVES))
-  if unknown:
-    raise ConfigError(f'objectives_config: unknown objective(s) {unknown}; valid: {OBJECTIVES}')
-  for name, w in weights.items():
-    c[name].weight = float(w)
-  return c
 
 
 def train_config(**overrides: Any) -> ml_collections.ConfigDict:

@@ -6,6 +6,9 @@ r"""Entry point: train and/or evaluate an experiment config in a workdir.
 --config takes `path[:arg]`; the part after ':' goes to the file's get_config(arg) (presets).
 Any field can then be overridden with --config.<dotted.path>=value. A wrong key, a value of the
 wrong type or out of range stops here, before data, model or compile, naming the valid choices.
+A type can be switched too, with the new type's fields overridable on the same command line:
+--config.model.fusion.type=crossattn --config.model.fusion.num_layers=3 (config_utils.switch_type
+says what happens to the old type's fields).
 
 Modes: train (the loop, with periodic evaluation), eval (evaluate --checkpoint=latest|best|<step>
 of the workdir), train_and_eval (train, then evaluate the best-by-validation checkpoint).
@@ -24,6 +27,7 @@ from typing import Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 from crossmodal import config_utils
@@ -35,6 +39,31 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; run ag
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, `path[:arg]` (arg goes to get_config).',
     lock_config=True)
+
+
+class _TypeSwitchingParser:
+  """--config's parser: config_flags' loader, then the command line's type switches
+  (config_utils.switch_types) applied to the loaded, locked config before config_flags types
+  the other overrides against it, so that the new type's own fields exist and can be
+  overridden too."""
+
+  def __init__(self, loader):
+    self._loader = loader
+    self.argv: Sequence[str] = ()  # set by parse_flags
+
+  def parse(self, path):
+    config = self._loader.parse(path)
+    if isinstance(config, ml_collections.ConfigDict):
+      argv = flags.FLAGS.read_flags_from_files(list(self.argv), force_gnu=False)
+      config_utils.switch_types(config, config_utils.command_line_overrides(argv))
+    return config
+
+  def __getattr__(self, name):  # flag_type, help text, ...: the loader's
+    return getattr(self._loader, name)
+
+
+_CONFIG_PARSER = _TypeSwitchingParser(flags.FLAGS['config'].parser)
+flags.FLAGS['config'].parser = _CONFIG_PARSER
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, config.')
 _MODE = flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to run.')
 _CHECKPOINT = flags.DEFINE_string(
@@ -58,15 +87,19 @@ def _fail(message: str) -> None:
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl parsing with readable config errors (unknown override keys list the valid ones)."""
+  """absl parsing with readable config errors (unknown override keys list the valid ones),
+  type switches included (_TypeSwitchingParser)."""
+  _CONFIG_PARSER.argv = list(argv)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
-    if isinstance(e, config_utils.ConfigError):
-      _fail(str(e))
+    cause = e
+    while cause is not None and not isinstance(cause, config_utils.ConfigError):
+      cause = cause.__cause__ or cause.__context__  # absl wraps what the parser raised
+    if cause is not None:
+      _fail(str(cause))
     spec = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), None)
-    overrides = [a[len('--config.'):].split('=', 1)[0] for a in argv[1:]
-                 if a.startswith('--config.')]
+    overrides = config_utils.command_line_overrides(argv[1:])
     if spec is not None:
       try:
         config = config_utils.load_config_file(spec)
@@ -76,6 +109,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         config = None  # The original error below says what is wrong with the file.
       if config is not None:
         try:
+          config_utils.switch_types(config, overrides)
           config_utils.check_overrides(config, overrides)
         except config_utils.ConfigError as key_error:
           _fail(str(key_error))

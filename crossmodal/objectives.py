@@ -26,15 +26,84 @@ neither as queries nor as negatives.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from crossmodal.config_utils import CONTRASTIVE_LOSSES, OBJECTIVES
+from crossmodal import schema
+
+OBJECTIVES = ('classification', 'aux_classification', 'contrastive', 'reconstruction')
+CONTRASTIVE_LOSSES = ('infonce', 'triplet')
+DECODABLE = ('image',)  # modalities the reconstruction decoder can produce (an MLP to pixels)
 MAX_LOGIT_SCALE = 100.0  # CLIP clips the learned inverse temperature here
 _NEG = -1e9  # logit of a padded key
+WHERE = 'config.objectives'
+
+
+def objectives_config(**weights: float) -> ml_collections.ConfigDict:
+  """config.objectives defaults (classification only).
+
+  weights: e.g. objectives_config(classification=0.0, contrastive=1.0).
+  """
+  c = ml_collections.ConfigDict(dict(
+      classification=dict(weight=1.0),  # the fusion's classifier
+      aux_classification=dict(weight=0.0),  # a linear head per modality on its pooled vector
+      contrastive=dict(
+          weight=0.0, pair=('audio', 'image'),
+          loss='infonce',  # or 'triplet' (margin loss on cosine similarity)
+          temperature=0.07,  # initial value when learned (CLIP)
+          learn_temperature=True,
+          margin=0.2,  # triplet only
+          same_class_positives=False),  # with labels: every same-class pair is a positive
+      reconstruction=dict(weight=0.0, source='audio', target='image', hidden=(512,)),
+  ))
+  unknown = sorted(set(weights) - set(OBJECTIVES))
+  if unknown:
+    raise schema.ConfigError(f'objectives_config: unknown objective(s) {unknown}; valid: '
+                             f'{OBJECTIVES}')
+  for name, w in weights.items():
+    c[name].weight = float(w)
+  return c
+
+
+_RULES = {'weight': schema.at_least(0), 'temperature': schema.POSITIVE,
+          'margin': schema.at_least(0), 'hidden': schema.ints_at_least(1),
+          'pair': ((lambda v: len(v) == 2 and len(set(v)) == 2),
+                   'must be two different modalities')}
+
+
+def _distinct_ends(where: str, v: Mapping[str, Any]) -> str | None:
+  if 'source' in v and v['source'] == v['target']:
+    return f'{where}: source and target are both {v["source"]!r}; they must differ'
+  return None
+
+
+def check_config(cfg: Mapping[str, Any] | None, modalities: Sequence[str]) -> None:
+  """ConfigError naming every bad option of `config.objectives` (None: classification only)
+  for a model of `modalities`: an active objective (weight > 0) may only name those."""
+  if cfg is None:
+    return
+  from crossmodal.models import encoders  # pylint: disable=import-outside-toplevel
+  values, defaults = schema.as_dict(cfg), objectives_config().to_dict()
+  out = schema.problems(WHERE, values, defaults, required=True)
+  for name, node in values.items():
+    if name not in defaults or not isinstance(node, Mapping):
+      continue  # reported above
+    active = schema.number(node.get('weight')) and node['weight'] > 0
+    allowed = tuple(modalities) if active else tuple(encoders.ENCODERS)
+    targets = tuple(m for m in allowed if m in DECODABLE) if active else allowed
+    out += schema.problems(f'{WHERE}.{name}', node, defaults[name], required=True,
+                           choices={'loss': CONTRASTIVE_LOSSES, 'pair': allowed,
+                                    'source': allowed, 'target': targets},
+                           rules=_RULES, relations=(_distinct_ends,))
+  weights_ = [node.get('weight') for node in values.values() if isinstance(node, Mapping)]
+  if all(schema.number(w) for w in weights_) and not any(w > 0 for w in weights_):
+    out.append(f'{WHERE}: every weight is 0, so nothing would be trained')
+  if out:
+    raise schema.ConfigError(problems=out)
 
 
 def weights(cfg: Mapping[str, Any] | None) -> dict[str, float]:

@@ -14,10 +14,64 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 import optax
+
+from crossmodal import schema
 
 OPTIMIZERS = ('adamw', 'sgd', 'rmsprop')
 SCHEDULES = ('cosine', 'constant')
+# Which optimizer fields each optimizer reads; a field another optimizer reads must keep its
+# default, so that e.g. `optim.b2` set on an SGD run is an error instead of silently ignored.
+OPTIMIZER_FIELDS = {'adamw': ('b1', 'b2', 'eps'), 'sgd': ('momentum',),
+                    'rmsprop': ('momentum', 'eps', 'rms_decay')}
+WHERE = 'config.optim'
+
+
+def optim_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """config.optim defaults (AdamW, warmup + cosine)."""
+  c = ml_collections.ConfigDict(dict(
+      name='adamw', lr=1e-3, schedule='cosine', warmup_steps=0, end_lr_ratio=0.0,
+      weight_decay=1e-4, grad_clip=0.0, accum_steps=1,
+      momentum=0.9,  # sgd / rmsprop (0 = none)
+      b1=0.9, b2=0.999, eps=1e-8,  # adamw (eps also rmsprop)
+      rms_decay=0.9))
+  c.update(overrides)
+  return c
+
+
+_RULES = {'lr': schema.POSITIVE, 'warmup_steps': schema.int_at_least(0),
+          'end_lr_ratio': schema.PROBABILITY, 'weight_decay': schema.at_least(0),
+          'grad_clip': (schema.at_least(0)[0], 'must be >= 0 (0 disables clipping)'),
+          'accum_steps': schema.int_at_least(1), 'eps': schema.POSITIVE,
+          **{key: schema.FRACTION for key in ('momentum', 'b1', 'b2', 'rms_decay')}}
+
+
+def _fields_apply(where: str, v: Any) -> list[str]:
+  """A field only other optimizers (or only the cosine schedule) read must keep its default."""
+  defaults, out = optim_config(), []
+  for key in sorted({k for ks in OPTIMIZER_FIELDS.values() for k in ks}):
+    if key not in OPTIMIZER_FIELDS[v['name']] and v[key] != defaults[key]:
+      users = [n for n, ks in OPTIMIZER_FIELDS.items() if key in ks]
+      out.append(f'{where}.{key}={v[key]!r} has no effect with {where}.name={v["name"]!r} '
+                 f'(used by {users}); leave it at {defaults[key]!r} or choose one of those '
+                 'optimizers')
+  if v['schedule'] == 'constant' and v['end_lr_ratio'] != defaults.end_lr_ratio:
+    out.append(f"{where}.end_lr_ratio applies to schedule='cosine' only")
+  return out
+
+
+def check_config(optim_config_: Any, num_steps: Any = None) -> None:
+  """ConfigError naming every bad option of `config.optim`; with `num_steps`
+  (config.train.num_steps), also that every update sees a full set of micro-batches."""
+  def whole_updates(where, v):
+    if schema.integer(num_steps) and num_steps % v['accum_steps']:
+      return (f'config.train.num_steps={num_steps} must be a multiple of '
+              f'{where}.accum_steps={v["accum_steps"]} (every update sees a full set)')
+    return None
+  schema.check(WHERE, optim_config_, optim_config().to_dict(), required=True,
+               choices={'name': OPTIMIZERS, 'schedule': SCHEDULES}, rules=_RULES,
+               relations=(_fields_apply, whole_updates))
 
 
 def make_schedule(optim_config: Any, num_updates: int) -> optax.Schedule:

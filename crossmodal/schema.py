@@ -49,8 +49,9 @@ def collect(*checks: Callable[[], Any]) -> None:
 
 
 Rule = tuple[Callable[[Any], bool], str]  # (ok(value), why it is not)
-# A rule between fields: (where, resolved values) -> a message naming the fields, or None.
-Relation = Callable[[str, Mapping[str, Any]], 'str | None']
+# A rule between fields: (where, resolved values) -> a message naming the fields (or several),
+# or None when they agree.
+Relation = Callable[[str, Mapping[str, Any]], 'str | Iterable[str] | None']
 
 
 def defaults_of(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -135,26 +136,30 @@ def _type_ok(value: Any, default: Any) -> bool:
 def problems(where: str, values: Mapping[str, Any], defaults: Mapping[str, Any], *,
              choices: Mapping[str, tuple[Any, ...]] | None = None,
              rules: Mapping[str, Rule] | None = None, nullable: tuple[str, ...] = (),
-             required: bool = False, relations: Iterable[Relation] = ()
+             required: bool | Iterable[str] = False, relations: Iterable[Relation] = ()
              ) -> list[str]:
   """Every problem of `values` against `defaults` and the rules, as messages.
 
   required: a field missing from `values` is a problem (for nodes that code reads directly)
-  instead of taking its default. relations: rules between fields, run on the resolved values
-  once every field is valid on its own.
+  instead of taking its default: True for every field, or the names of those that must be
+  set. relations: rules between fields, run on the resolved values once every field is valid
+  on its own.
   """
   out = []
   unknown = sorted(set(values) - set(defaults))
   if unknown:
     out.append(f'{where}: unknown option(s) {unknown}; valid options: {sorted(defaults)}')
   if required:
-    out += [f'{where}.{key} is missing' for key in defaults if key not in values]
+    needed = defaults if required is True else required
+    out += [f'{where}.{key} is missing' for key in needed if key not in values]
   for key, value in values.items():
     if key not in defaults or (value is None and key in nullable):
       continue
     if not _type_ok(value, defaults[key]):
-      out.append(f'{where}.{key}={value!r}: must be of type {type(defaults[key]).__name__} '
-                 f'(like its default {defaults[key]!r})')
+      out.append(f'{where}.{key}={value!r}: ' + (
+          'must be True or False' if isinstance(defaults[key], bool) else
+          f'must be of type {type(defaults[key]).__name__} (like its default '
+          f'{defaults[key]!r})'))
       continue
     if choices and key in choices:
       items = value if isinstance(defaults[key], tuple) else (value,)
@@ -172,7 +177,9 @@ def problems(where: str, values: Mapping[str, Any], defaults: Mapping[str, Any],
         out.append(f'{where}.{key}={value!r}: {why}')
   if not out:
     resolved = {**defaults, **values}
-    out += [m for m in (relation(where, resolved) for relation in relations) if m]
+    for relation in relations:
+      found = relation(where, resolved)
+      out += [found] if isinstance(found, str) else list(found or ())
   return out
 
 

@@ -187,8 +187,6 @@ def make_batches(config: Any, source: Any, training: bool, start_index: int = 0)
       worker_count=config.data.get('worker_count', 0))
 
 
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -272,11 +270,12 @@ class _Run:
           shapes)
     return jax.jit(init, out_shardings=self.strategy.replicated)(rng)
 
-  def evaluate(self, device_state: Any, step: int, writer: metrics_lib.MetricWriter,
+  def evaluate(self, device_state: Any, step: int, writer: metrics_lib.MetricWriter | None,
                prefix: str = '', due: Callable[[int], bool] = lambda every: True,
                workdir: str = '') -> dict[str, dict[str, Any]]:
     """Runs the evaluators for which `due(every)` holds on `device_state` (the training
-    layout), writing each one's record as split `<prefix><name>`; {name: summary}."""
+    layout), writing each one's record as split `<prefix><name>` (unless `writer` is None);
+    {name: summary}."""
     predict = self.engine.bind(device_state)
     results = {}
     for name, evaluator, every in self.evaluators:
@@ -284,7 +283,8 @@ class _Run:
         continue
       batches = evaluators_lib.common.passes(functools.partial(self.batches, evaluator.split))
       results[name] = evaluator.run(predict, batches, workdir)
-      writer.write(step, prefix + name, results[name])
+      if writer is not None:
+        writer.write(step, prefix + name, results[name])
     return results
 
 
@@ -292,12 +292,12 @@ def make_checkpointer(config: Any, workdir: str, evaluators: list | None = None
                       ) -> checkpointing.Checkpointer:
   """Keeps the last K checkpoints and, with `train.best_metric`, the best by that metric
   (its direction declared by its evaluator; `evaluators` as check_config returns them)."""
-  best = config.train.best_metric
+  best, mode = config.train.best_metric, 'max'
   if best:
     mode = evaluators_lib.best_metric(best, evaluators or check_config(config))[1]
   return checkpointing.Checkpointer(
       os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.train.keep_checkpoints,
-      keep_best=bool(best), best_metric=best or 'none', best_mode=mode if best else 'max',
+      keep_best=bool(best), best_metric=best or 'none', best_mode=mode,
       async_save=config.train.async_checkpoints)
 
 
@@ -423,7 +423,7 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
         break
     if step == start_step and start_step >= tc.num_steps:
       logging.info('workdir already trained to step %d; evaluating only', start_step)
-      eval_metrics = run.evaluate(device_state, step, writer=_NO_WRITER,
+      eval_metrics = run.evaluate(device_state, step, writer=None,
                                   due=lambda every: bool(every), workdir=workdir)
     ckpt.wait_until_finished()
   finally:
@@ -431,9 +431,6 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
     batches.close()
   return RunResult(step=step, state=strategy.global_state(device_state), metrics=eval_metrics,
                    preempted=stop)
-
-
-_NO_WRITER = metrics_lib.MetricWriter('', enabled=False)
 
 
 def _restore(run: _Run, ckpt: checkpointing.Checkpointer, checkpoint: str | int):

@@ -260,7 +260,8 @@ def section_pipeline(sizes: Sizes) -> list[str]:
   state = strategy.put_state(run.initial_state())
   step = strategy.train_step(train.make_train_step(run.model, run.tx, None))
   decoding = train.make_batches(
-      config, datasets.get_source({**config.data.to_dict(), 'cache': False}, 'train'), 'train')
+      config, datasets.get_source({**config.data.to_dict(), 'cache': False}, 'train'),
+      training=True)
   in_memory = [next(decoding) for _ in range(sizes.pipeline_steps)]
   feeds = {'decoding': lambda: _take(decoding, sizes.pipeline_steps)}
   cached = None
@@ -268,7 +269,7 @@ def section_pipeline(sizes: Sizes) -> list[str]:
     source = run.source('train')
     for i in range(len(source)):
       source[i]  # pylint: disable=pointless-statement
-    cached = run.batches('train')
+    cached = run.batches('train', training=True)
     feeds['cached'] = lambda: _take(cached, sizes.pipeline_steps)
 
   def loop(batches):
@@ -365,8 +366,8 @@ def section_startup() -> list[str]:
   arg = 'steps=1'
   with tempfile.TemporaryDirectory() as workdir:
     flags = [f'--config={AVMNIST}:{arg}', f'--workdir={workdir}', '--mode=train',
-             '--config.train.eval_every=0', '--config.train.checkpoint_every=0',
-             '--config.train.eval_splits=("validation",)', '--config.train.max_eval_batches=1']
+             '--config.train.checkpoint_every=0', '--config.evaluators.test.every=0',
+             '--config.evaluators.validation.max_batches=1']
     peak_file = os.path.join(workdir, 'peak_rss_kib')
     if os.path.exists('/proc/self/status'):
       command = [sys.executable, '-c', _PEAK_RSS_WRAPPER, peak_file, '-m', 'crossmodal.main']

@@ -1,5 +1,6 @@
 """The sweep runner on tiny synthetic runs: dry run, results, failures, skip and resume."""
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -13,10 +14,8 @@ import pytest
 
 from crossmodal import ablate
 from crossmodal import files
-from crossmodal import train
+from conftest import REPO, SYNTHETIC
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
 CONFIG = f'{SYNTHETIC}:size=tiny'
 
 SWEEP = textwrap.dedent('''
@@ -72,7 +71,10 @@ def test_sweep_runs_reports_failures_skips_and_resumes(sweep_file, tmp_path, cap
   # An interrupted run: 'sum' seed 0 is SIGKILLed after step 8 (as if the machine died).
   runs = ablate.plan(CONFIG, ablate.load_sweep(sweep_file), [0, 1], root)
   sum0 = next(r for r in runs if r.variant.name == 'sum' and r.seed == 0)
-  status = ablate.execute(sum0, env={train.KILL_AT_STEP_ENV: '8'})
+  interrupted = dataclasses.replace(sum0, command=(  # tests/interrupt_at_step.py
+      sys.executable, os.path.join(REPO, 'tests', 'interrupt_at_step.py'), '8', 'SIGKILL',
+      *sum0.command[3:]))
+  status = ablate.execute(interrupted)
   assert status['state'] == 'failed' and status['error'] == 'killed by signal 9'
 
   assert ablate.main(args) == 1  # 'broken' fails, so the sweep reports failure
@@ -350,3 +352,16 @@ def test_parallel_runs_start_together_unless_the_data_is_still_to_build(
   # 'a' was done: skipped, never run again; the first pending run is 'b'.
   assert sum('[skip] a seed 0' in line for line in logged) == 1
   assert (events.index(('end', 'b')) < events.index(('start', 'c'))) == first_alone
+
+
+@pytest.mark.parametrize('sweep', ['crossattn', 'bottleneck'])
+def test_committed_study_records_still_match_what_the_sweep_plans(sweep):
+  """docs/runs copied back under a root is skipped, not refused: config.json files written
+  before config.evaluators held the in-loop evaluation (train.eval_every, eval_splits,
+  best_metric='accuracy') read as the same experiment as today's configs."""
+  root = os.path.join(REPO, 'docs', 'runs', sweep)
+  avmnist = os.path.join(REPO, 'experiments', 'avmnist.py')
+  sweep_file = os.path.join(REPO, 'experiments', 'sweeps', f'{sweep}.py')
+  runs = ablate.plan(avmnist, ablate.load_sweep(sweep_file), [0, 1, 2], root)
+  assert all(os.path.exists(os.path.join(r.workdir, 'config.json')) for r in runs)
+  assert ablate.changed_runs(runs) == []

@@ -6,8 +6,8 @@ import re
 import pytest
 
 from crossmodal import config_utils
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures('fast_prng')  # tests/conftest.py
 
 

@@ -26,8 +26,8 @@ from crossmodal.checkpointing import (
     WorkdirLockedError,
     install_preemption_handler,
 )
+from conftest import REPO, assert_trees_bitwise_equal, free_port, host_leaves
 
-REPO = Path(__file__).resolve().parents[1]
 PYTHONPATH = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
@@ -73,25 +73,6 @@ def make_state(seed, widths=(4,), batch_norm=True, updates=2):
                       opt_state=opt_state, rng=jax.random.key(seed))
 
 
-def host_leaves(tree):
-    """(path, numpy value) for every leaf; typed PRNG keys as their raw key data."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        out[jax.tree_util.keystr(path)] = np.asarray(leaf)
-    return out
-
-
-def assert_bitwise_equal(a, b):
-    la, lb = host_leaves(a), host_leaves(b)
-    assert la.keys() == lb.keys()
-    for k in la:
-        assert la[k].dtype == lb[k].dtype, k
-        assert la[k].shape == lb[k].shape, k
-        assert la[k].tobytes() == lb[k].tobytes(), k
-
-
 def step_dirs(directory):
     return sorted(int(p.name) for p in Path(directory).iterdir() if p.name.isdigit())
 
@@ -116,7 +97,7 @@ def test_round_trip_is_bitwise_exact(tmp_path, async_save):
         restored, position, meta = ckpt.restore(target)
 
     assert isinstance(restored, TrainState)
-    assert_bitwise_equal(restored, state)
+    assert_trees_bitwise_equal(restored, state)
     assert jax.dtypes.issubdtype(restored.rng.dtype, jax.dtypes.prng_key)
     assert restored.batch_stats  # BatchNorm statistics were saved, not dropped
     assert position == 123
@@ -276,7 +257,7 @@ def test_mismatched_tree_names_the_parameters(tmp_path):
             ckpt.restore(half)
         # The matching target still restores after the failures.
         restored, _, _ = ckpt.restore(make_state(3, updates=1))
-        assert_bitwise_equal(restored, make_state(0, updates=1))
+        assert_trees_bitwise_equal(restored, make_state(0, updates=1))
 
 
 # ----------------------------------------------------------------------------- crash safety
@@ -528,19 +509,12 @@ TWO_PROCESSES = textwrap.dedent('''
 ''')
 
 
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_checkpoint_and_stop_at_the_same_step(tmp_path):
     script = tmp_path / "two.py"
     script.write_text(TWO_PROCESSES)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
                JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH)
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen(["timeout", "-s", "KILL", "150", sys.executable, str(script),
                                str(i), str(port), str(tmp_path / "ckpt")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

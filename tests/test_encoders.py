@@ -15,23 +15,16 @@ from crossmodal.data import sources
 from crossmodal.models import encoders as E
 from crossmodal.models import heads
 from crossmodal.models import text as T
+from conftest import TINY_ENCODERS
 
 DIM = 8
 B = 2
 _SOURCES = sources.resolve_manual_dir()  # $CROSSMODAL_MANUAL_DIR or <repo>/../shared/data
 FSDD = str(_SOURCES / 'fsdd' / 'recordings') if _SOURCES else '<no source directory>'
 
-# Tiny versions of every encoder (fast on CPU). Default sizes are checked abstractly in
+# Tiny versions of every encoder (tests/conftest.py). Default sizes are checked abstractly in
 # test_lenets_mirror_multibench_avmnist and by the param-count test in test_model.py.
-TINY = {
-    ('image', 'lenet'): dict(base_channels=4, extra_layers=2),
-    ('image', 'cnn'): dict(widths=(4, 8)),
-    ('image', 'vit'): dict(patch_size=4, depth=1, num_heads=2, mlp_ratio=2),
-    ('audio', 'lenet'): dict(base_channels=4, extra_layers=2),
-    ('audio', 'ast'): dict(patch_size=(8, 8), patch_stride=(8, 8), depth=1, num_heads=2,
-                           mlp_ratio=2),
-    ('text', 'transformer'): dict(max_len=16, depth=1, num_heads=2, mlp_ratio=2),
-}
+TINY = TINY_ENCODERS
 AUDIO_T = 1600  # 0.2 s -> 1 + 1600 // 80 = 21 frames x 64 mels
 # Expected token count of each tiny encoder, derived by hand from the architecture.
 EXPECTED_TOKENS = {
@@ -172,26 +165,28 @@ def test_config_rejects_unknown_types_fields_and_choices():
     E.encoder_config('image', 'resnet')
   with pytest.raises(ValueError, match=r"valid choices: \['audio', 'image', 'text'\]"):
     E.encoder_config('video', 'lenet')
-  with pytest.raises(ValueError, match=r"unknown field\(s\) \['depth'\].*base_channels"):
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['depth'\].*base_channels"):
     E.encoder_config('image', 'lenet', depth=3)
   with pytest.raises(ValueError, match=r"\['n_melz'\].*n_mels"):
     E.encoder_config('audio', 'ast', features={'n_melz': 32})
   # A field of another encoder type is rejected when building.
   cfg = E.encoder_config('image', 'lenet').to_dict()
   cfg['type'] = 'vit'
-  with pytest.raises(ValueError, match=r"encoders.image \(type='vit'\).*base_channels.*"
-                     r"valid fields.*patch_size"):
+  with pytest.raises(ValueError, match=r"config.model.encoders.image: unknown option\(s\) "
+                     r"\['base_channels'.*valid options: .*patch_size"):
     E.build_encoder('image', cfg, DIM)
   with pytest.raises(ValueError, match=r"norm='batchnorm'.*'batch', 'layer', 'group', 'none'"):
     E.build_encoder('image', E.encoder_config('image', 'cnn', norm='batchnorm'), DIM)
   with pytest.raises(ValueError, match=r"featurizer='stft'.*'log_mel', 'mfcc'"):
     E.build_encoder('audio', E.encoder_config('audio', 'lenet', featurizer='stft'), DIM)
-  with pytest.raises(ValueError, match=r'extra_layers=-1 must be int >= 0'):
+  with pytest.raises(ValueError, match=r'encoders.image.extra_layers=-1: must be an int >= 0'):
     E.build_encoder('image', E.encoder_config('image', 'lenet', extra_layers=-1), DIM)
-  with pytest.raises(ValueError, match=r'widths=\(8, 0\) must be all int >= 1'):
+  with pytest.raises(ValueError, match=r'widths=\(8, 0\): must be all ints >= 1'):
     E.build_encoder('image', E.encoder_config('image', 'cnn', widths=(8, 0)), DIM)
-  with pytest.raises(ValueError, match=r'dropout=1.0 must be in \[0, 1\)'):
+  with pytest.raises(ValueError, match=r'dropout=1.0: must be in \[0, 1\)'):
     E.build_encoder('text', E.encoder_config('text', 'transformer', dropout=1.0), DIM)
+  with pytest.raises(ValueError, match=r'encoders.audio.features.win_length=512: must be <= n_fft'):
+    E.build_encoder('audio', {'type': 'ast', 'features': {'win_length': 512}}, DIM)
   with pytest.raises(ValueError, match='needs a `type`'):
     E.build_encoder('text', {'depth': 1}, DIM)
   locked = E.encoder_config('text', 'transformer')

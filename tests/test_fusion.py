@@ -146,9 +146,10 @@ def test_switch_of_another_type_is_rejected_with_valid_fields():
   with pytest.raises(ValueError) as err:
     fusion_config('joint', direction='a->b')
   assert "'direction'" in str(err.value) and 'num_layers' in str(err.value)
-  with pytest.raises(ValueError, match=r"valid fields: \['presence_indicator'\]"):
+  with pytest.raises(ValueError, match=r"config.model.fusion: unknown option\(s\) \['project'\]; "
+                     r"valid options: \['presence_indicator'\]"):
     build_fusion({'type': 'concat', 'project': True}, modalities=MODS[:2], num_classes=C)
-  with pytest.raises(ValueError, match='valid fields: \\[\\]'):
+  with pytest.raises(ValueError, match='valid options: \\[\\]'):
     fusion_config('late', presence_indicator=True)
 
 
@@ -159,11 +160,11 @@ def test_switch_of_another_type_is_rejected_with_valid_fields():
     ('joint', {'pooling': 'max'}, r"valid choices: \('cls', 'mean'\)"),
     ('gated', {'gate': 'relu'}, r"valid choices: \('sigmoid', 'softmax'\)"),
     ('joint', {'num_layers': '2'}, 'must be of type int'),
-    ('joint', {'num_heads': 0}, 'num_heads=0 must be >= 1'),
-    ('bottleneck', {'dropout': 1.0}, r'dropout=1.0 must be in \[0, 1\)'),
+    ('joint', {'num_heads': 0}, 'config.model.fusion.num_heads=0: must be an int >= 1'),
+    ('bottleneck', {'dropout': 1.0}, r'dropout=1.0: must be in \[0, 1\)'),
     ('bottleneck', {'fusion_layer': 3}, r'fusion_layer=3 must be in \[0, num_layers=2\]'),
     ('crossattn', {'self_attention_layers': 0}, 'needs self_attention_layers >= 1'),
-    ('lowrank_tensor', {'rank': 0}, 'rank=0 must be >= 1'),
+    ('lowrank_tensor', {'rank': 0}, 'rank=0: must be an int >= 1'),
     # Switches that would be accepted and silently have no effect:
     ('crossattn', {'kv_source': 'updated', 'num_layers': 1}, 'set num_layers >= 2'),
     ('bottleneck', {'fusion_layer': 2, 'num_bottlenecks': 8}, 'num_bottlenecks=8 has no effect'),

@@ -10,18 +10,7 @@ import ml_collections
 import pytest
 
 from crossmodal import config_utils
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
-
-
-def _synthetic_config(arg=None):
-  sys.path.insert(0, REPO)
-  try:
-    from experiments import synthetic  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  return synthetic.get_config(arg)
+from conftest import REPO, SYNTHETIC, synthetic_config
 
 
 def _main(args, timeout=300, env=None):
@@ -34,7 +23,7 @@ def _main(args, timeout=300, env=None):
 
 
 def test_valid_config_passes():
-  config_utils.validate(_synthetic_config(), device_count=1, process_count=1)
+  config_utils.validate(synthetic_config(), device_count=1, process_count=1)
 
 
 @pytest.mark.parametrize('path,value,expected', [
@@ -47,13 +36,12 @@ def test_valid_config_passes():
     ('train.sync_every_step', 'yes', "valid choices: ('auto', 'on', 'off')"),
     ('train.dtype', 'float16', "valid choices: ('float32', 'bfloat16')"),
     ('train.num_steps', 0, 'config.train.num_steps=0: must be a positive int'),
-    ('train.eval_splits', ('valid',), "valid choices: ('validation', 'test')"),
-    ('train.best_metric', 'f1', "valid choices: ('accuracy', 'macro_f1', 'loss')"),
+    ('train.best_metric', 3, "config.train.best_metric=3: must be '<evaluator>/<metric>'"),
     ('data.global_batch_size', -8, 'must be a positive int'),
     ('model.modalities', ('image', 'smell'), "valid choices: ('image', 'audio', 'text')"),
 ])
 def test_invalid_values_name_option_and_choices(path, value, expected):
-  config = _synthetic_config()
+  config = synthetic_config()
   node = config
   *parents, leaf = path.split('.')
   for p in parents:
@@ -67,7 +55,7 @@ def test_invalid_values_name_option_and_choices(path, value, expected):
 
 
 def test_batch_must_divide_device_and_process_count():
-  config = _synthetic_config()
+  config = synthetic_config()
   config.data.global_batch_size = 12
   with pytest.raises(config_utils.ConfigError, match=r'global_batch_size=12 must be divisible '
                      r'by the device count \(8\)'):
@@ -80,7 +68,7 @@ def test_batch_must_divide_device_and_process_count():
 
 
 def test_all_errors_reported_at_once_and_missing_keys_named():
-  config = _synthetic_config()
+  config = synthetic_config()
   config.optim.name = 'adam'
   config.train.parallel = 'x'
   del config.train['log_every']
@@ -92,7 +80,7 @@ def test_all_errors_reported_at_once_and_missing_keys_named():
 
 
 def test_data_cache_is_a_bool_and_not_combined_with_workers():
-  config = _synthetic_config()
+  config = synthetic_config()
   config.data.cache = True
   config_utils.validate(config)
   config.data.worker_count = 2
@@ -107,7 +95,7 @@ def test_data_cache_is_a_bool_and_not_combined_with_workers():
 
 
 def test_num_steps_multiple_of_accumulation():
-  config = _synthetic_config()
+  config = synthetic_config()
   config.optim.accum_steps = 3
   config.train.num_steps = 10
   with pytest.raises(config_utils.ConfigError, match='multiple of config.optim.accum_steps=3'):
@@ -142,7 +130,7 @@ def test_check_overrides_lists_valid_fields():
 
 
 def test_write_config_roundtrip(tmp_path):
-  config = _synthetic_config()
+  config = synthetic_config()
   path = config_utils.write_config(config, str(tmp_path))
   data = json.load(open(path))
   assert data['optim']['lr'] == config.optim.lr
@@ -180,7 +168,7 @@ def test_cli_bad_preset_argument(tmp_path):
 def test_cli_train_and_eval_writes_resolved_config(tmp_path):
   workdir = tmp_path / 'w'
   r = _main([f'--config={SYNTHETIC}:size=tiny,steps=4', f'--workdir={workdir}',
-             '--config.optim.lr=0.002', '--config.train.eval_every=2'])
+             '--config.optim.lr=0.002', '--config.evaluators.validation.every=2'])
   assert r.returncode == 0, r.stderr[-3000:]
   config = json.load(open(workdir / 'config.json'))
   assert config['optim']['lr'] == 0.002 and config['train']['num_steps'] == 4
@@ -210,10 +198,11 @@ _NO_DATA_NO_INTERNET = '''
 import sys
 from pathlib import Path
 from crossmodal import main
+from crossmodal.data import datasets
 from crossmodal.data import sources
 shared = Path(sys.argv[1])
 sources.default_shared_dir = lambda: shared  # no shared sources on this "machine"
-main._internet_available = lambda *a, **k: False  # and no internet
+datasets._internet_available = lambda *a, **k: False  # and no internet
 sys.argv = ['main', '--config=experiments/avmnist.py', '--workdir=' + sys.argv[2],
             '--config.data.data_dir=' + sys.argv[3]]
 main.run()

@@ -1,6 +1,6 @@
 """The full model: encoders x fusions, present-mask plumbing, embeddings, precision, counts."""
 import itertools
-import pathlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -12,17 +12,10 @@ from crossmodal.models import encoders as E
 from crossmodal.models import fusion as F
 from crossmodal.models import model as M
 from crossmodal.models import text as T
+from conftest import REPO, TINY_ENCODERS
 
 DIM, C, B = 8, 5, 2
-TINY = {
-    ('image', 'lenet'): dict(base_channels=4, extra_layers=2),
-    ('image', 'cnn'): dict(widths=(4, 8)),
-    ('image', 'vit'): dict(patch_size=4, depth=1, num_heads=2, mlp_ratio=2),
-    ('audio', 'lenet'): dict(base_channels=4, extra_layers=2),
-    ('audio', 'ast'): dict(patch_size=(8, 8), patch_stride=(8, 8), depth=1, num_heads=2,
-                           mlp_ratio=2),
-    ('text', 'transformer'): dict(max_len=16, depth=1, num_heads=2, mlp_ratio=2),
-}
+TINY = TINY_ENCODERS  # tests/conftest.py
 SHAPES = {'image': ((B, 16, 16, 1), jnp.uint8), 'audio': ((B, 1600), jnp.float32),
           'text': ((B, 12), jnp.int32)}
 
@@ -188,8 +181,8 @@ def test_build_model_rejects_bad_configs():
   cfg = _config(dict(image='lenet', audio='lenet'))
   bad = cfg.copy_and_resolve_references()
   bad.modalities = ('image', 'video')
-  with pytest.raises(ValueError, match=r"unknown modality 'video'; valid choices: \['audio', "
-                     r"'image', 'text'\]"):
+  with pytest.raises(ValueError, match=r"config.model.modalities=\('image', 'video'\): valid "
+                     r"choices: \('image', 'audio', 'text'\)"):
     M.build_model(bad, C)
   bad = cfg.copy_and_resolve_references()
   bad.modalities = ('image', 'audio', 'text')
@@ -197,17 +190,17 @@ def test_build_model_rejects_bad_configs():
     M.build_model(bad, C)
   bad = cfg.to_dict()
   bad['heads'] = (10,)
-  with pytest.raises(ValueError, match=r"unknown key\(s\) \['heads'\].*'head'"):
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['heads'\].*'head'"):
     M.build_model(bad, C)
   with pytest.raises(ValueError, match=r"dtype 'fp8'.*bfloat16"):
     M.build_model(cfg, C, dtype='fp8')
   bad = cfg.to_dict()
   bad['fusion'] = {'type': 'attention'}
-  with pytest.raises(ValueError, match=r"'attention'; valid choices: .*'crossattn'"):
+  with pytest.raises(ValueError, match=r"fusion.type='attention': valid choices: .*'crossattn'"):
     M.build_model(bad, C)
   bad = cfg.to_dict()
   bad['encoders']['image']['patch_size'] = 4
-  with pytest.raises(ValueError, match=r"\['patch_size'\]; valid fields"):
+  with pytest.raises(ValueError, match=r"\['patch_size'\]; valid options"):
     M.build_model(bad, C)
 
 
@@ -246,8 +239,8 @@ def test_count_params_counts_every_trainable_parameter():
 
 
 def test_param_count_script_prints_a_table():
-  path = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'param_count.py'
-  script = config_utils.load_module(str(path), 'param_count')
+  path = os.path.join(REPO, 'scripts', 'param_count.py')
+  script = config_utils.load_module(path, 'param_count')
   rows = script.param_table(modalities=('image', 'audio'), dim=DIM, num_classes=C,
                             fusions=('concat', 'late'))
   assert len(rows) == 2 * len(E.ENCODERS['image']) * len(E.ENCODERS['audio'])

@@ -7,7 +7,6 @@ under a hard timeout that SIGKILLs them (a hung collective ignores SIGTERM).
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,28 +15,20 @@ import jax
 import numpy as np
 import pytest
 
-from crossmodal import config_utils
 from crossmodal import files
 from crossmodal import train
+from conftest import REPO, SYNTHETIC, free_port, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
 NUM_STEPS = 6
 TIMEOUT = 300
 
 
 def _config():
-  return config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,steps={NUM_STEPS}')
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+  return tiny_config(f'size=tiny,steps={NUM_STEPS}')
 
 
 def _launch_two_processes(workdir):
-  port = _free_port()
+  port = free_port()
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
          'JAX_PLATFORMS': 'cpu', 'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'}
   procs = []

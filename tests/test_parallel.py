@@ -15,12 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from crossmodal import config_utils
 from crossmodal import parallel
 from crossmodal import train
+from conftest import REPO, SYNTHETIC, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
 NUM_STEPS = 6
 
 _EIGHT_DEVICE_SCRIPT = r'''
@@ -45,7 +43,7 @@ print('RESULT ' + json.dumps(out))
 
 
 def _config(mode='jit'):
-  c = config_utils.load_config_file(f'{SYNTHETIC}:size=tiny,steps={NUM_STEPS}')
+  c = tiny_config(f'size=tiny,steps={NUM_STEPS}')
   c.train.parallel = mode
   return c
 

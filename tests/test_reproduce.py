@@ -3,7 +3,7 @@ import os
 import re
 import subprocess
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def _doc_commands():

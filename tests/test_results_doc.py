@@ -13,8 +13,8 @@ import pytest
 
 from crossmodal import ablate
 from crossmodal import config_utils
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = ('crossattn', 'bottleneck')  # the sweeps whose records are committed
 
 

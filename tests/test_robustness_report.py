@@ -6,8 +6,8 @@ import pytest
 
 from crossmodal import config_utils
 from crossmodal import files
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 report = config_utils.load_module(os.path.join(REPO, 'scripts', 'robustness_report.py'),
                                   '_robustness_report')
 LEVELS = [0.0, 0.5, 1.0]

@@ -95,12 +95,16 @@ def test_each_modality_informative_and_fusion_better():
 
 
 def test_config_errors():
-  with pytest.raises(ValueError, match='valid options: num_classes'):
+  with pytest.raises(ValueError, match=r"config.data.synthetic: unknown option\(s\) "
+                     r"\['num_class'\]; valid options: .*'num_classes'"):
     synthetic.SyntheticParams.from_config({'num_class': 3})
   with pytest.raises(ValueError, match='valid splits: train, validation, test'):
     synthetic.SyntheticSource('dev', TINY)
-  with pytest.raises(ValueError, match='num_classes'):
+  with pytest.raises(ValueError, match='num_classes=2: need >= 3'):
     synthetic.SyntheticParams(num_classes=2)
+  with pytest.raises(ValueError, match=r"image_size=4: must be >= 8.*\n.*text_noise=2.0: must "
+                     r"be in \[0, 1\]"):
+    synthetic.SyntheticParams(image_size=4, text_noise=2.0)  # every problem at once
   with pytest.raises(IndexError):
     synthetic.SyntheticSource('test', TINY)[10]
 

@@ -5,8 +5,7 @@ import shlex
 import pytest
 
 from crossmodal import config_utils
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 @pytest.fixture(scope='module')

@@ -24,27 +24,9 @@ from crossmodal import files
 from crossmodal import checkpointing
 from crossmodal import config_utils
 from crossmodal import optim
+from crossmodal import run_info
 from crossmodal import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC = os.path.join(REPO, 'experiments', 'synthetic.py')
-
-
-def tiny_config(arg='size=tiny'):
-  return config_utils.load_config_file(f'{SYNTHETIC}:{arg}')
-
-
-def _leaves_with_paths(tree):
-  return {jax.tree_util.keystr(p): np.asarray(x)
-          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def assert_trees_bitwise_equal(a, b):
-  la, lb = _leaves_with_paths(a), _leaves_with_paths(b)
-  assert la.keys() == lb.keys()
-  for k in la:
-    assert la[k].dtype == lb[k].dtype, k
-    np.testing.assert_array_equal(la[k], lb[k], err_msg=k, strict=True)
+from conftest import REPO, SYNTHETIC, assert_trees_bitwise_equal, tiny_config
 
 
 # ----------------------------------------------------------------------------- optim
@@ -143,7 +125,7 @@ def test_run_writes_metrics_config_and_checkpoints(trained):
   for key in ('loss', 'accuracy', 'grad_norm', 'lr', 'steps_per_sec', 'examples_per_sec'):
     assert np.isfinite(tr[key]), key
   assert tr['examples_per_sec'] == pytest.approx(16 * tr['steps_per_sec'])
-  with open(os.path.join(workdir, train.RUN_INFO)) as f:
+  with open(os.path.join(workdir, run_info.RUN_INFO)) as f:
     info = json.load(f)
   leaves = jax.tree.leaves(result.state.params)
   assert info['num_params'] == sum(x.size for x in leaves) == sum(info['params_by_part'].values())
@@ -249,7 +231,7 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(tmp_path):
   config.train.dtype = 'bfloat16'
   run = train._Run(config)  # pylint: disable=protected-access
   state = run.initial_state(abstract=True)  # shapes only: nothing is compiled here
-  pipeline = run.batches('train')
+  pipeline = run.batches('train', training=True)
   batch = next(pipeline)
   pipeline.close()
   step = train.make_train_step(run.model, run.tx, None)
@@ -269,12 +251,16 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(tmp_path):
 RESUME_DROPOUT = 0.3  # so that the per-step dropout keys are part of what must resume exactly
 
 
-def _cli(workdir, env=None, cache_dir=None):
+def _cli(workdir, interrupt=None, cache_dir=None):
+  """main --mode=train in a subprocess; interrupt=(step, signal name) sends that signal right
+  after that step (tests/interrupt_at_step.py)."""
   # A shared persistent compilation cache: the restarted processes reuse the executables.
-  env = {**(env or {}), 'JAX_COMPILATION_CACHE_DIR': str(cache_dir),
+  env = {'JAX_COMPILATION_CACHE_DIR': str(cache_dir),
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+  program = (['-m', 'crossmodal.main'] if interrupt is None else
+             [os.path.join(REPO, 'tests', 'interrupt_at_step.py'), *map(str, interrupt)])
   return subprocess.run(
-      [sys.executable, '-m', 'crossmodal.main', f'--config={SYNTHETIC}:size=tiny',
+      [sys.executable, *program, f'--config={SYNTHETIC}:size=tiny',
        f'--workdir={workdir}', '--mode=train', f'--config.model.dropout={RESUME_DROPOUT}'],
       cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True,
       timeout=300)
@@ -284,7 +270,9 @@ def _cli(workdir, env=None, cache_dir=None):
 def test_killed_and_preempted_run_resumes_bitwise(tmp_path):
   config = tiny_config()
   config.model.dropout = RESUME_DROPOUT
-  uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'reference'))
+  # --mode=train, as the interrupted runs below: no evaluation of a checkpoint at the end.
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'reference'),
+                                           final_checkpoint=None)
   no_dropout = tiny_config()
   reference_params = jax.tree.leaves(uninterrupted.state.params)
   without_dropout = jax.tree.leaves(
@@ -294,10 +282,10 @@ def test_killed_and_preempted_run_resumes_bitwise(tmp_path):
   workdir = str(tmp_path / 'w')
   cli = functools.partial(_cli, cache_dir=tmp_path / 'jax_cache')
   # SIGKILL right after step 8's asynchronous save started (it may or may not have landed).
-  r = cli(workdir, {train.KILL_AT_STEP_ENV: '8'})
+  r = cli(workdir, (8, 'SIGKILL'))
   assert r.returncode == -9, r.stderr[-3000:]
   # Restart, then a preemption notice (SIGTERM) after step 9: saves at the next step and exits.
-  r = cli(workdir, {train.KILL_AT_STEP_ENV: '9', train.KILL_SIGNAL_ENV: 'SIGTERM'})
+  r = cli(workdir, (9, 'SIGTERM'))
   assert r.returncode == 75, r.stderr[-3000:]  # not 0: the run is not finished
   assert 'preempted: saved step 10' in r.stdout
   ckpt = train.make_checkpointer(config, workdir)
@@ -306,7 +294,7 @@ def test_killed_and_preempted_run_resumes_bitwise(tmp_path):
   finally:
     ckpt.close()
   # SIGKILL again at step 11 (mid checkpoint interval: resumes from 10 and redoes 11).
-  r = cli(workdir, {train.KILL_AT_STEP_ENV: '11'})
+  r = cli(workdir, (11, 'SIGKILL'))
   assert r.returncode == -9, r.stderr[-3000:]
   r = cli(workdir)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -305,7 +305,7 @@ def split_images(mnist: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray,
 # ----------------------------------------------------------------------------- builder
 
 
-class Avmnist(tfds.core.GeneratorBasedBuilder):
+class Avmnist(tfds_formats.PreparedDataSource, tfds.core.GeneratorBasedBuilder):
     """AV-MNIST: MNIST images paired with same-digit FSDD recordings (see module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -364,16 +364,9 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
             download_dir=download_dir, download_config=download_config, **kwargs
         )
 
-    def as_data_source(self, *args, **kwargs):
-        """As TFDS's, with a clear error when unprepared; re-registers the formats on disk (see below)."""
-        if not self.is_prepared():
-            raise FileNotFoundError(
-                f"avmnist/{self.builder_config.name} is not prepared in {self.data_dir_root}. Run "
-                f"`python scripts/prepare_data.py --config {self.builder_config.name} --data_dir "
-                f"{self.data_dir_root}` or call crossmodal.data.avmnist.get_data_source(...), which prepares."
-            )
-        tfds_formats.restore_alternative_formats(self.info)
-        return super().as_data_source(*args, **kwargs)
+    def how_to_prepare(self) -> str:
+        return (f"Run `python scripts/prepare_data.py --config {self.builder_config.name} --data_dir "
+                f"{self.data_dir_root}` or call crossmodal.data.avmnist.get_data_source(...), which prepares.")
 
     def _split_generators(self, dl_manager):
         cfg: AvmnistConfig = self.builder_config

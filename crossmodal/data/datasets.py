@@ -17,8 +17,22 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from crossmodal import schema
+
 AVMNIST_MODALITIES = ('image', 'audio')
 EMOJI_MODALITIES = ('image', 'text')
+WHERE = 'config.data'
+# config.data: the options of every dataset and each dataset's own, with the defaults used
+# when a config leaves one out (check_options is their schema).
+COMMON_OPTIONS = {'name': '', 'global_batch_size': 64, 'eval_batch_size': 256,
+                  'worker_count': 0, 'cache': False}
+OPTIONS = {
+    'avmnist': {'builder_config': 'pca', 'data_dir': None, 'manual_dir': None},
+    'emoji': {'builder_config': 'held_out_twitter', 'data_dir': None, 'manual_dir': None,
+              'label': 'category', 'text_fields': ('name',), 'text_length': 64,
+              'lowercase': True, 'image_size': 64},
+    'synthetic': {'synthetic': None},  # fields of synthetic.SyntheticParams; None: defaults
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +50,15 @@ def _get(data_config, key: str, default: Any = None) -> Any:
       data_config, key, default)
 
 
+def _option(data_config, key: str) -> Any:
+  """`config.data.<key>`, or its default (OPTIONS) when the config leaves it out."""
+  defaults = {**COMMON_OPTIONS, **OPTIONS.get(_get(data_config, 'name'), {})}
+  return _get(data_config, key, defaults[key])
+
+
 def _avmnist_source(data_config, split: str):
   from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
-  return avmnist.get_data_source(split, config=_get(data_config, 'builder_config', 'pca'),
+  return avmnist.get_data_source(split, config=_option(data_config, 'builder_config'),
                                  data_dir=_get(data_config, 'data_dir'),
                                  manual_dir=_get(data_config, 'manual_dir'))
 
@@ -47,7 +67,7 @@ def _avmnist_info(data_config) -> DatasetInfo:
   # The prepared dataset_info.json holds the split sizes (subset builds are smaller), so
   # nothing is read from the records; get_source prepares the dataset on first use.
   from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
-  builder_config = _get(data_config, 'builder_config', 'pca')
+  builder_config = _option(data_config, 'builder_config')
   data_dir = _get(data_config, 'data_dir')
   builder = avmnist.get_builder(builder_config, data_dir=data_dir)
   splits = {name: info.num_examples for name, info in builder.info.splits.items()}
@@ -62,11 +82,11 @@ def _avmnist_info(data_config) -> DatasetInfo:
 
 
 def _emoji_options(data_config) -> dict[str, Any]:
-  return dict(label=_get(data_config, 'label', 'category'),
-              text_fields=tuple(_get(data_config, 'text_fields', ('name',))),
-              text_length=int(_get(data_config, 'text_length', 64)),
-              lowercase=bool(_get(data_config, 'lowercase', True)),
-              image_size=int(_get(data_config, 'image_size', 64)))
+  return dict(label=_option(data_config, 'label'),
+              text_fields=tuple(_option(data_config, 'text_fields')),
+              text_length=int(_option(data_config, 'text_length')),
+              lowercase=bool(_option(data_config, 'lowercase')),
+              image_size=int(_option(data_config, 'image_size')))
 
 
 def _emoji_source(data_config, split: str):
@@ -80,7 +100,7 @@ def _emoji_source(data_config, split: str):
 
 def _emoji_info(data_config) -> DatasetInfo:
   from crossmodal.data import emoji  # pylint: disable=import-outside-toplevel
-  builder = emoji.get_builder(_get(data_config, 'builder_config', 'held_out_twitter'),
+  builder = emoji.get_builder(_option(data_config, 'builder_config'),
                               data_dir=_get(data_config, 'data_dir'))
   splits = {name: info.num_examples for name, info in builder.info.splits.items()}
   if not splits:
@@ -131,9 +151,41 @@ DATASET_NAMES = tuple(_DATASETS)
 def _lookup(data_config):
   name = _get(data_config, 'name')
   if name not in _DATASETS:
-    raise ValueError(f'config.data.name={name!r} is not a known dataset; valid names: '
-                     f'{", ".join(DATASET_NAMES)}')
+    raise schema.ConfigError(f'{WHERE}.name={name!r} is not a known dataset; valid names: '
+                             f'{", ".join(DATASET_NAMES)}')
   return _DATASETS[name]
+
+
+def check_options(data_config, device_count: int | None = None,
+                  process_count: int | None = None) -> None:
+  """ConfigError naming every bad option of `config.data` (unknown, wrong type, out of range;
+  the synthetic sub-config too). With the global `device_count` / `process_count`, batch
+  sizes must split evenly over them. Reads no data and imports no dataset module."""
+  _lookup(data_config)
+  values = schema.as_dict(data_config)
+
+  def batches_split(where, v):
+    for key in ('global_batch_size', 'eval_batch_size'):
+      for n, what in ((device_count, 'device count'), (process_count, 'process count')):
+        if n and v[key] % n:
+          yield (f'{where}.{key}={v[key]} must be divisible by the {what} ({n}); e.g. '
+                 f'{max(n, v[key] // n * n)}')
+
+  def cache_alone(where, v):
+    if v['cache'] and v['worker_count']:
+      return (f'{where}.cache=True with {where}.worker_count={v["worker_count"]}: every worker '
+              'process would hold its own copy of the dataset; use one of them')
+    return None
+
+  schema.check(WHERE, values, {**COMMON_OPTIONS, **OPTIONS[values['name']]},
+               required=('name', 'global_batch_size', 'eval_batch_size'),
+               rules={'global_batch_size': schema.POSITIVE_INT,
+                      'eval_batch_size': schema.POSITIVE_INT,
+                      'worker_count': schema.int_at_least(0)},
+               relations=(batches_split, cache_alone))
+  if values.get('synthetic') is not None:
+    from crossmodal.data import synthetic  # pylint: disable=import-outside-toplevel
+    synthetic.SyntheticParams.check(values['synthetic'])
 
 
 def check_config(data_config) -> tuple[str, ...]:
@@ -141,11 +193,11 @@ def check_config(data_config) -> tuple[str, ...]:
   _lookup(data_config)
   if _get(data_config, 'name') == 'avmnist':
     from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
-    avmnist.resolve_config(_get(data_config, 'builder_config', 'pca'))
+    avmnist.resolve_config(_option(data_config, 'builder_config'))
     return AVMNIST_MODALITIES
   if _get(data_config, 'name') == 'emoji':
     from crossmodal.data import emoji  # pylint: disable=import-outside-toplevel
-    emoji.resolve_config(_get(data_config, 'builder_config', 'held_out_twitter'))
+    emoji.resolve_config(_option(data_config, 'builder_config'))
     emoji.check_options(**{k: v for k, v in _emoji_options(data_config).items()
                            if k != 'lowercase'})
     return EMOJI_MODALITIES
@@ -183,7 +235,7 @@ def get_source(data_config, split: str):
   """Random-access source (`len`, `[i]` -> dict of numpy arrays) for `split`; decoded
   examples are kept in memory when `config.data.cache` is True."""
   source = _lookup(data_config)[0](data_config, split)
-  return MemoryCache(source) if _get(data_config, 'cache', False) else source
+  return MemoryCache(source) if _option(data_config, 'cache') else source
 
 
 def dataset_info(data_config) -> DatasetInfo:
@@ -207,7 +259,7 @@ def check_available(data_config) -> None:
     return
   from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
   from crossmodal.data import sources  # pylint: disable=import-outside-toplevel
-  builder_config = _get(data_config, 'builder_config', 'pca')
+  builder_config = _option(data_config, 'builder_config')
   builder = avmnist.get_builder(builder_config, data_dir=_get(data_config, 'data_dir'))
   if builder.is_prepared():
     return

@@ -263,7 +263,7 @@ def assign_splits(meta: Metadata, kind: str, seed: int) -> dict[str, np.ndarray]
 # ----------------------------------------------------------------------------- builder
 
 
-class Emoji(tfds.core.GeneratorBasedBuilder):
+class Emoji(tfds_formats.PreparedDataSource, tfds.core.GeneratorBasedBuilder):
     """Emoji images with names, categories and subcategories (see the module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -309,14 +309,8 @@ class Emoji(tfds.core.GeneratorBasedBuilder):
         return super().download_and_prepare(download_dir=download_dir, download_config=download_config,
                                             **kwargs)
 
-    def as_data_source(self, *args, **kwargs):
-        if not self.is_prepared():
-            raise FileNotFoundError(
-                f"emoji/{self.builder_config.name} is not prepared in {self.data_dir_root}; "
-                "crossmodal.data.emoji.get_data_source(...) prepares it."
-            )
-        tfds_formats.restore_alternative_formats(self.info)
-        return super().as_data_source(*args, **kwargs)
+    def how_to_prepare(self) -> str:
+        return "crossmodal.data.emoji.get_data_source(...) prepares it."
 
     def _split_generators(self, dl_manager):
         cfg: EmojiConfig = self.builder_config

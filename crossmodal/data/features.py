@@ -30,14 +30,47 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from crossmodal import config_utils
+from crossmodal import schema
 
 PAD_MODES = ('constant', 'reflect')
 LOG_SCALES = ('db', 'log')
 
 
+def _window_fits(where: str, v: Mapping[str, Any]) -> str | None:
+  if v['win_length'] > v['n_fft']:
+    return f'{where}.win_length={v["win_length"]}: must be <= n_fft ({v["n_fft"]})'
+  return None
+
+
+def _mfcc_fits(where: str, v: Mapping[str, Any]) -> str | None:
+  if v['n_mfcc'] > v['n_mels']:
+    return f'{where}.n_mfcc={v["n_mfcc"]}: must be <= n_mels ({v["n_mels"]})'
+  return None
+
+
+def _band_fits(where: str, v: Mapping[str, Any]) -> str | None:
+  nyquist = v['sample_rate'] / 2
+  fmax = nyquist if v['fmax'] is None else float(v['fmax'])
+  if not 0 <= v['fmin'] < fmax:
+    return f'{where}.fmin={v["fmin"]!r}: must satisfy 0 <= fmin < fmax ({fmax})'
+  if fmax > nyquist:
+    return f'{where}.fmax={v["fmax"]!r}: must be <= sample_rate / 2 ({nyquist})'
+  return None
+
+
+def _log_scale_options_apply(where: str, v: Mapping[str, Any]) -> str | None:
+  """Options of the other log scale must keep their defaults: set but unused is an error."""
+  unused = ('amin', 'top_db') if v['log_scale'] == 'log' else ('log_offset',)
+  defaults = schema.defaults_of(FeatureParams)
+  changed = [name for name in unused if v[name] != defaults[name]]
+  if changed:
+    return (f'{where}.{changed[0]}={v[changed[0]]!r}: has no effect with log_scale='
+            f'{v["log_scale"]!r} (leave it at {defaults[changed[0]]!r})')
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
-class FeatureParams:
+class FeatureParams(schema.Options):
   """Hashable feature parameters (so constants built from them can be cached)."""
   sample_rate: int = 8000
   n_fft: int = 256
@@ -53,49 +86,18 @@ class FeatureParams:
   top_db: float | None = 80.0  # None: no clipping relative to the clip's peak
   log_offset: float = 1e-6
 
-  def __post_init__(self):
-    def fail(option, value, why):
-      raise ValueError(f'features config: {option}={value!r} is invalid: {why}')
-    for name in ('sample_rate', 'n_fft', 'hop_length', 'win_length', 'n_mels', 'n_mfcc'):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        fail(name, value, 'must be a positive integer')
-    if self.win_length > self.n_fft:
-      fail('win_length', self.win_length, f'must be <= n_fft ({self.n_fft})')
-    if self.n_mfcc > self.n_mels:
-      fail('n_mfcc', self.n_mfcc, f'must be <= n_mels ({self.n_mels})')
-    nyquist = self.sample_rate / 2
-    if not 0 <= self.fmin < self.max_frequency:
-      fail('fmin', self.fmin, f'must satisfy 0 <= fmin < fmax ({self.max_frequency})')
-    if self.max_frequency > nyquist:
-      fail('fmax', self.fmax, f'must be <= sample_rate / 2 ({nyquist})')
-    if self.pad_mode not in PAD_MODES:
-      fail('pad_mode', self.pad_mode, f'valid choices: {", ".join(PAD_MODES)}')
-    if self.log_scale not in LOG_SCALES:
-      fail('log_scale', self.log_scale, f'valid choices: {", ".join(LOG_SCALES)}')
-    if self.amin <= 0:
-      fail('amin', self.amin, 'must be > 0')
-    if self.log_offset <= 0:
-      fail('log_offset', self.log_offset, 'must be > 0')
-    if self.top_db is not None and self.top_db < 0:
-      fail('top_db', self.top_db, 'must be >= 0 or None')
-    # Options of the other log scale must keep their defaults: set but unused is an error.
-    unused = ('amin', 'top_db') if self.log_scale == 'log' else ('log_offset',)
-    for name in unused:
-      default = next(f.default for f in dataclasses.fields(self) if f.name == name)
-      if getattr(self, name) != default:
-        fail(name, getattr(self, name), f"has no effect with log_scale={self.log_scale!r} "
-             f'(leave it at {default!r})')
+  WHERE = 'features'
+  CHOICES = {'pad_mode': PAD_MODES, 'log_scale': LOG_SCALES}
+  RULES = {**{name: schema.POSITIVE_INT for name in (
+               'sample_rate', 'n_fft', 'hop_length', 'win_length', 'n_mels', 'n_mfcc')},
+           'fmax': schema.POSITIVE, 'amin': schema.POSITIVE, 'log_offset': schema.POSITIVE,
+           'top_db': (lambda v: schema.number(v) and v >= 0, 'must be >= 0 or None')}
+  NULLABLE = ('fmax', 'top_db')
+  RELATIONS = (_window_fits, _mfcc_fits, _band_fits, _log_scale_options_apply)
 
   @property
   def max_frequency(self) -> float:
     return self.sample_rate / 2 if self.fmax is None else float(self.fmax)
-
-  @classmethod
-  def from_config(cls, cfg: FeatureParams | Mapping[str, Any] | ml_collections.ConfigDict
-                  ) -> FeatureParams:
-    """Builds params from a ConfigDict / dict, rejecting unknown options by name."""
-    return config_utils.dataclass_from_config(cls, cfg, 'features config')
 
 
 def features_config(**overrides) -> ml_collections.ConfigDict:

@@ -139,27 +139,38 @@ class _BuildBatch:
     return self._padding
 
 
-class _PadToLength(grain.MapDataset):
+class _IndexMap(grain.MapDataset):
+  """A MapDataset of `self._length` elements whose element i is `self._element(i)`."""
+  _length = 0
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _element(self, index: int) -> Any:
+    raise NotImplementedError
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._element(index)
+
+
+class _PadToLength(_IndexMap):
   """Extends a finite dataset to `length` elements by repeating `pad` after its end."""
 
   def __init__(self, parent: grain.MapDataset, length: int, pad: Any):
     super().__init__(parent)
     self._length, self._pad = length, pad
 
-  def __len__(self) -> int:
-    return self._length
-
   def __str__(self) -> str:
     return f'PadToLength({self._length})'
 
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
+  def _element(self, index: int) -> Any:
     index %= self._length
     return self._parent[index] if index < len(self._parent) else self._pad
 
 
-class _ProcessBlocks(grain.MapDataset):
+class _ProcessBlocks(_IndexMap):
   """Process p's rows [p*b, (p+1)*b) of each consecutive group of b*process_count elements."""
 
   def __init__(self, parent: grain.MapDataset, process_index: int, process_count: int,
@@ -169,15 +180,10 @@ class _ProcessBlocks(grain.MapDataset):
     self._global = local_batch_size * process_count
     self._length = len(parent) // self._global * local_batch_size
 
-  def __len__(self) -> int:
-    return self._length
-
   def __str__(self) -> str:
     return f'ProcessBlocks(process={self._p}, local_batch={self._b}, global_batch={self._global})'
 
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
+  def _element(self, index: int) -> Any:
     batch, row = divmod(index, self._b)
     return self._parent[batch * self._global + self._p * self._b + row]
 

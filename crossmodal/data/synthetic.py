@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from crossmodal import config_utils
+from crossmodal import schema
 
 SPLITS = ('train', 'validation', 'test')
 _COLOURS = ('red', 'green', 'blue', 'yellow', 'purple', 'orange', 'pink', 'brown', 'grey',
@@ -37,9 +37,18 @@ _MIN_TEXT_LENGTH = 2 * max(map(len, _FILLERS)) + max(map(len, _COLOURS)) + 2 + 2
 _CHUNK = 512  # examples generated at once (bounds the float64 audio buffer to ~33 MB)
 
 
+def _text_fits(where: str, v: Mapping[str, Any]) -> str | None:
+  """Captions name a colour shared by two classes: enough colours for the classes."""
+  if not v['text_length'] or math.ceil(v['num_classes'] / 2) <= len(_COLOURS):
+    return None
+  return (f'{where}.num_classes={v["num_classes"]}: text captions support at most '
+          f'{2 * len(_COLOURS)} classes')
+
+
 @dataclasses.dataclass(frozen=True)
-class SyntheticParams:
-  """Sizes and difficulty of the synthetic dataset."""
+class SyntheticParams(schema.Options):
+  """Sizes and difficulty of the synthetic dataset (`config.data.synthetic`; the defaults
+  when the config has none)."""
   num_classes: int = 10
   image_size: int = 28
   audio_length: int = 8000
@@ -53,29 +62,19 @@ class SyntheticParams:
   text_noise: float = 0.2  # probability that a caption names a random colour
   seed: int = 0
 
-  def __post_init__(self):
-    def fail(option, value, why):
-      raise ValueError(f'synthetic config: {option}={value!r} is invalid: {why}')
-    if self.num_classes < 3:
-      fail('num_classes', self.num_classes, 'need >= 3 so the image and audio class pairs '
-           'differ (with 2 classes audio would be uninformative)')
-    if math.ceil(self.num_classes / 2) > len(_COLOURS) and self.text_length:
-      fail('num_classes', self.num_classes,
-           f'text captions support at most {2 * len(_COLOURS)} classes')
-    for name in ('image_size', 'audio_length', 'sample_rate', 'num_train', 'num_validation',
-                 'num_test'):
-      if getattr(self, name) <= 0:
-        fail(name, getattr(self, name), 'must be positive')
-    if self.image_size < 8:
-      fail('image_size', self.image_size, 'must be >= 8 to hold the blob templates')
-    if self.text_length < 0 or 0 < self.text_length < _MIN_TEXT_LENGTH:
-      fail('text_length', self.text_length,
-           f'must be 0 (no text) or >= {_MIN_TEXT_LENGTH} (longest caption with BOS/EOS)')
-    for name in ('image_noise', 'audio_noise'):
-      if getattr(self, name) < 0:
-        fail(name, getattr(self, name), 'must be >= 0')
-    if not 0 <= self.text_noise <= 1:
-      fail('text_noise', self.text_noise, 'must be a probability in [0, 1]')
+  WHERE = 'config.data.synthetic'
+  RULES = {
+      'num_classes': (lambda v: v >= 3, 'need >= 3 so the image and audio class pairs differ '
+                      '(with 2 classes audio would be uninformative)'),
+      **{name: schema.POSITIVE_INT for name in (
+          'audio_length', 'sample_rate', 'num_train', 'num_validation', 'num_test')},
+      'image_size': (schema.int_at_least(8)[0], 'must be >= 8 to hold the blob templates'),
+      'text_length': (lambda v: v == 0 or v >= _MIN_TEXT_LENGTH,
+                      f'must be 0 (no text) or >= {_MIN_TEXT_LENGTH} (longest caption with '
+                      'BOS/EOS)'),
+      'image_noise': schema.at_least(0), 'audio_noise': schema.at_least(0),
+      'text_noise': schema.PROBABILITY}
+  RELATIONS = (_text_fits,)
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -83,13 +82,6 @@ class SyntheticParams:
 
   def split_size(self, split: str) -> int:
     return getattr(self, f'num_{_check_split(split)}')
-
-  @classmethod
-  def from_config(cls, cfg: SyntheticParams | Mapping[str, Any] | ml_collections.ConfigDict | None
-                  ) -> SyntheticParams:
-    if cfg is None:
-      return cls()
-    return config_utils.dataclass_from_config(cls, cfg, 'synthetic config')
 
 
 def synthetic_config(**overrides) -> ml_collections.ConfigDict:

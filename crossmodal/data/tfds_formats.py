@@ -58,6 +58,22 @@ def restore_alternative_formats(info: tfds.core.DatasetInfo) -> None:
       known.append(fmt)
 
 
+class PreparedDataSource:
+  """Builder mixin: `as_data_source` as TFDS's, with a clear error when the dataset is not
+  prepared (`how_to_prepare` says what to do), and the alternative file formats re-registered
+  from disk first (restore_alternative_formats)."""
+
+  def how_to_prepare(self) -> str:
+    raise NotImplementedError
+
+  def as_data_source(self, *args, **kwargs):
+    if not self.is_prepared():
+      raise FileNotFoundError(f'{self.name}/{self.builder_config.name} is not prepared in '
+                              f'{self.data_dir_root}. {self.how_to_prepare()}')
+    restore_alternative_formats(self.info)
+    return super().as_data_source(*args, **kwargs)
+
+
 def prepare_once(make_builder, manual_dir=None):
   """Prepares `make_builder()`'s dataset unless it is on disk, and returns a builder.
 

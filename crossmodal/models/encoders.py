@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from crossmodal import schema
 from crossmodal.data import features as features_lib
 from crossmodal.models import attention
 from crossmodal.models import conv as conv_lib
@@ -75,12 +76,6 @@ _BUILD_FIELDS = tuple(f.name for f in dataclasses.fields(_EncoderBase))  # incl.
 # Plain functions called inside an encoder's @compact method, so layers belong to that encoder.
 
 
-def _check_choice(module: nn.Module, field: str) -> None:
-  value, choices = getattr(module, field), module.CHOICES[field]
-  if value not in choices:
-    raise ValueError(f'{type(module).__name__}.{field}={value!r}; valid choices: {choices}')
-
-
 def _conv(enc: _EncoderBase, features: int, kernel: int, strides: int = 1,
           use_bias: bool = False, name: str | None = None) -> nn.Conv:
   return nn.Conv(features, (kernel, kernel), strides=strides, padding='SAME',
@@ -128,7 +123,6 @@ def _lenet_trunk(enc: _EncoderBase, x: jax.Array, train: bool,
   channels doubling from `base_channels`, each followed by norm, ReLU and 2x2 max-pool.
   Convs carry no bias when a norm follows (as MultiBench). Returns the output of each of the
   first `num_stages` stages (default all)."""
-  _check_choice(enc, 'norm')
   stages = []
   for i in range(enc.extra_layers + 1 if num_stages is None else num_stages):
     h, w = x.shape[1:3]
@@ -157,7 +151,6 @@ def _lenet_encoded(enc: _EncoderBase, x: jax.Array, train: bool) -> Encoded:
 def _map_to_encoded(enc: _EncoderBase, fmap: jax.Array, token_map: jax.Array) -> Encoded:
   """Conv maps [B,h,w,C] -> tokens (positions of `token_map` projected to D) and pooled
   (`fmap` globally averaged or flattened, then projected to D)."""
-  _check_choice(enc, 'pool')
   default_pool = next(f.default for f in dataclasses.fields(enc) if f.name == 'pool')
   if not (enc.with_tokens or enc.with_pooled):
     raise ValueError(f'{type(enc).__name__}: with_tokens and with_pooled are both False')
@@ -195,7 +188,6 @@ def _transformer(enc: _EncoderBase, tokens: jax.Array, mask: jax.Array, train: b
   who = type(enc).__name__
   if enc.dim % enc.num_heads:
     raise ValueError(f'{who}: model dim {enc.dim} is not divisible by num_heads={enc.num_heads}')
-  _check_choice(enc, 'pool')
   b, n, d = tokens.shape
   if add_positions:
     pos = enc.param('pos_embedding', _embed_init, (1, n, d), enc.param_dtype)
@@ -268,7 +260,6 @@ class ImageCNN(_EncoderBase):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> Encoded:
-    _check_choice(self, 'norm')
     if not self.widths or self.blocks_per_stage < 1:
       raise ValueError(f'ImageCNN needs widths (got {self.widths}) and blocks_per_stage >= 1 '
                        f'(got {self.blocks_per_stage})')
@@ -291,15 +282,19 @@ class ImageCNN(_EncoderBase):
     return _map_to_encoded(self, x, x)
 
 
-class ImageViT(_EncoderBase):
-  """ViT: non-overlapping patches linearly embedded to D, learned positions, pre-LN layers."""
-  CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {'pool': TOKEN_POOLS}
-  patch_size: int = 4
+class _TransformerEncoderBase(_EncoderBase):
+  """Fields of every transformer encoder (_transformer): layers, heads, MLP ratio, dropout."""
   depth: int = 2
   num_heads: int = 4
   mlp_ratio: int = 4
-  pool: str = 'cls'
   dropout: float = 0.0
+
+
+class ImageViT(_TransformerEncoderBase):
+  """ViT: non-overlapping patches linearly embedded to D, learned positions, pre-LN layers."""
+  CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {'pool': TOKEN_POOLS}
+  patch_size: int = 4
+  pool: str = 'cls'
   pixel_mean: tuple[float, ...] = (0.5,)
   pixel_std: tuple[float, ...] = (0.5,)
 
@@ -322,7 +317,6 @@ def _spectrogram(enc: _EncoderBase, waveform: jax.Array) -> jax.Array:
   who = type(enc).__name__
   if waveform.ndim != 2:
     raise ValueError(f'{who} expects a raw waveform [B, T], got shape {waveform.shape}')
-  _check_choice(enc, 'featurizer')
   cfg = enc.features if enc.features is not None else features_lib.features_config()
   featurize = {'log_mel': features_lib.log_mel, 'mfcc': features_lib.mfcc}[enc.featurizer]
   spec = featurize(waveform.astype(jnp.float32), cfg)
@@ -330,7 +324,15 @@ def _spectrogram(enc: _EncoderBase, waveform: jax.Array) -> jax.Array:
   return spec[..., None].astype(enc.dtype)
 
 
-class AudioLeNet(_EncoderBase):
+class _AudioEncoderBase(_EncoderBase):
+  """Fields of every audio encoder: how the waveform becomes a spectrogram (_spectrogram)."""
+  featurizer: str = 'log_mel'
+  features: Any = None  # ConfigDict from crossmodal.data.features.features_config()
+  spec_mean: float = -66.6  # log-mel dB statistics measured on FSDD (re-measure for mfcc)
+  spec_std: float = 24.2
+
+
+class AudioLeNet(_AudioEncoderBase):
   """MultiBench AV-MNIST audio encoder: LeNet(1, 6, 5) on the spectrogram, featurized on
   device from the raw waveform. The final map is 1x1x192 (on MultiBench's 112x112 and on our
   101x64 log-mel of 1 s); token_stage=3 gives 6x4 tokens for attention fusions."""
@@ -341,10 +343,6 @@ class AudioLeNet(_EncoderBase):
   norm: str = 'batch'
   pool: str = 'flatten'
   token_stage: int = -1  # conv stage whose map gives the tokens (-1: final, 1x1 on 101x64)
-  featurizer: str = 'log_mel'
-  features: Any = None  # ConfigDict from crossmodal.data.features.features_config()
-  spec_mean: float = -66.6  # log-mel dB statistics measured on FSDD (re-measure for mfcc)
-  spec_std: float = 24.2
 
   @nn.compact
   def __call__(self, waveform: jax.Array, train: bool = False) -> Encoded:
@@ -352,22 +350,14 @@ class AudioLeNet(_EncoderBase):
     return _lenet_encoded(self, x, train)
 
 
-class AudioAST(_EncoderBase):
+class AudioAST(_AudioEncoderBase, _TransformerEncoderBase):
   """Audio Spectrogram Transformer: time x frequency patches of the log-mel (overlapping when
   patch_stride < patch_size, as in AST), learned positions, pre-LN layers."""
   CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {
       'pool': TOKEN_POOLS, 'featurizer': FEATURIZERS}
   patch_size: tuple[int, int] = (16, 16)  # (frames, bins): 6 x 4 patches of 101 x 64 log-mel
   patch_stride: tuple[int, int] = (16, 16)
-  depth: int = 2
-  num_heads: int = 4
-  mlp_ratio: int = 4
   pool: str = 'cls'
-  dropout: float = 0.0
-  featurizer: str = 'log_mel'
-  features: Any = None  # ConfigDict from crossmodal.data.features.features_config()
-  spec_mean: float = -66.6  # log-mel dB statistics measured on FSDD (re-measure for mfcc)
-  spec_std: float = 24.2
 
   @nn.compact
   def __call__(self, waveform: jax.Array, train: bool = False) -> Encoded:
@@ -379,16 +369,12 @@ class AudioAST(_EncoderBase):
 # ----------------------------------------------------------------------------- text
 
 
-class TextTransformer(_EncoderBase):
+class TextTransformer(_TransformerEncoderBase):
   """Byte-token transformer (ids from models/text.py); PAD_ID tokens are masked everywhere."""
   CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {'pool': TOKEN_POOLS}
   vocab_size: int = text_lib.VOCAB_SIZE
   max_len: int = 64
-  depth: int = 2
-  num_heads: int = 4
-  mlp_ratio: int = 4
   pool: str = 'mean'
-  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, ids: jax.Array, train: bool = False) -> Encoded:
@@ -417,45 +403,50 @@ ENCODERS: dict[str, dict[str, type[_EncoderBase]]] = {
 }
 
 
+def _where(modality: str) -> str:
+  return f'config.model.encoders.{modality}'
+
+
 def _encoder_class(modality: str, type_: str) -> type[_EncoderBase]:
   if modality not in ENCODERS:
-    raise ValueError(f'unknown modality {modality!r}; valid choices: {sorted(ENCODERS)}')
+    raise schema.ConfigError(f'unknown modality {modality!r}; valid choices: {sorted(ENCODERS)}')
   if type_ not in ENCODERS[modality]:
-    raise ValueError(f'encoders.{modality}.type={type_!r} is unknown; valid choices: '
-                     f'{sorted(ENCODERS[modality])}')
+    raise schema.ConfigError(f'{_where(modality)}.type={type_!r}: unknown encoder; valid '
+                             f'choices: {sorted(ENCODERS[modality])}')
   return ENCODERS[modality][type_]
 
 
 def config_fields(cls: type[_EncoderBase]) -> dict[str, Any]:
   """The encoder's config fields and defaults: its dataclass fields minus the build fields."""
-  skip = set(_BUILD_FIELDS) | {'parent', 'name'}
-  return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in skip}
+  return schema.defaults_of(cls, skip=_BUILD_FIELDS + ('parent', 'name'))
 
 
-# Numeric fields and the smallest valid value (checked when an encoder is built).
+# Numeric fields and the smallest valid value (of every item, for tuples).
 _MINIMUM = {'base_channels': 1, 'extra_layers': 0, 'blocks_per_stage': 1, 'widths': 1,
             'patch_size': 1, 'patch_stride': 1, 'depth': 0, 'num_heads': 1, 'mlp_ratio': 1,
             'vocab_size': 1, 'max_len': 1}
 
 
-def _check_values(where: str, values: Mapping[str, Any]) -> None:
-  for field, low in _MINIMUM.items():
-    if field in values:
-      value = values[field]
-      items = value if isinstance(value, (tuple, list)) else (value,)
-      if not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in items):
-        raise ValueError(f'{where}: {field}={value!r} must be {"all " if items is value else ""}'
-                         f'int >= {low}')
-  if 'dropout' in values and not 0.0 <= values['dropout'] < 1.0:
-    raise ValueError(f'{where}: dropout={values["dropout"]!r} must be in [0, 1)')
-  if 'spec_std' in values and not values['spec_std'] > 0:
-    raise ValueError(f'{where}: spec_std={values["spec_std"]!r} must be > 0')
-
-
-def _check_fields(where: str, given, valid) -> None:
-  unknown = sorted(set(given) - set(valid))
-  if unknown:
-    raise ValueError(f'{where}: unknown field(s) {unknown}; valid fields: {sorted(valid)}')
+def check_config(modality: str, cfg: Mapping[str, Any] | ml_collections.ConfigDict
+                 ) -> tuple[type[_EncoderBase], dict[str, Any]]:
+  """(encoder class, its resolved fields) of `config.model.encoders.<modality>`: fields
+  missing from `cfg` take their defaults; ConfigError naming every unknown field, wrong type,
+  invalid choice or out-of-range value (and those of its `features`)."""
+  values, where = schema.as_dict(cfg), _where(modality)
+  if 'type' not in values:
+    raise schema.ConfigError(f'{where} needs a `type`; valid choices: '
+                             f'{sorted(ENCODERS.get(modality, {}))}')
+  cls = _encoder_class(modality, values.pop('type'))
+  defaults = config_fields(cls)
+  rules = {field: (schema.ints_at_least(low) if isinstance(defaults[field], tuple)
+                   else schema.int_at_least(low))
+           for field, low in _MINIMUM.items() if field in defaults}
+  rules.update({k: rule for k, rule in (('dropout', schema.FRACTION),
+                                        ('spec_std', schema.POSITIVE)) if k in defaults})
+  values = schema.check(where, values, defaults, choices=cls.CHOICES, rules=rules)
+  if values.get('features') is not None:
+    features_lib.FeatureParams.check(values['features'], f'{where}.features')
+  return cls, values
 
 
 def encoder_config(modality: str, type: str,  # pylint: disable=redefined-builtin
@@ -465,16 +456,13 @@ def encoder_config(modality: str, type: str,  # pylint: disable=redefined-builti
   Audio encoders get a nested `features` config (features_config()); override it with a dict
   of its fields, e.g. encoder_config('audio', 'ast', features={'n_mels': 32}).
   """
-  cls = _encoder_class(modality, type)
-  values = config_fields(cls)
-  _check_fields(f'encoder_config({modality!r}, {type!r})', overrides, values)
+  values = config_fields(_encoder_class(modality, type))
   if 'features' in values:
-    values['features'] = features_lib.features_config()
-    feature_overrides = dict(overrides.pop('features', None) or {})
-    _check_fields(f'encoders.{modality}.features', feature_overrides, values['features'])
-    values['features'].update(feature_overrides)
-  values.update(overrides)
-  cfg = ml_collections.ConfigDict({'type': type, **values})
+    features = features_lib.features_config()
+    features.update(dict(overrides.pop('features', None) or {}))
+    overrides['features'] = features
+  check_config(modality, {'type': type, **values, **overrides})
+  cfg = ml_collections.ConfigDict({'type': type, **values, **overrides})
   cfg.lock()
   return cfg
 
@@ -483,29 +471,11 @@ def build_encoder(modality: str, cfg: Mapping[str, Any] | ml_collections.ConfigD
                   *, dtype: Any = jnp.float32, axis_name: str | None = None,
                   with_tokens: bool = True, with_pooled: bool = True,
                   name: str | None = None) -> _EncoderBase:
-  """Instantiates the encoder `cfg.type` for `modality` with output width `dim`.
-
-  Fields missing from `cfg` take their defaults; unknown fields, types and choices raise
-  ValueError naming the valid ones.
-  """
-  if isinstance(cfg, ml_collections.FrozenConfigDict):
-    cfg = cfg.as_configdict()
-  values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-  if 'type' not in values:
-    raise ValueError(f'encoders.{modality} needs a `type`; valid choices: '
-                     f'{sorted(ENCODERS.get(modality, {}))}')
-  type_ = values.pop('type')
-  cls = _encoder_class(modality, type_)
-  valid = config_fields(cls)
-  _check_fields(f'encoders.{modality} (type={type_!r})', values, valid)
-  for field, choices in cls.CHOICES.items():
-    if field in values and values[field] not in choices:
-      raise ValueError(f'encoders.{modality}.{field}={values[field]!r} (type={type_!r}); '
-                       f'valid choices: {choices}')
-  _check_values(f'encoders.{modality} (type={type_!r})', values)
+  """Instantiates the encoder `cfg.type` for `modality` with output width `dim` (its config
+  checked by `check_config`)."""
+  cls, values = check_config(modality, cfg)
   if values.get('features') is not None:
     features = features_lib.features_config()
-    _check_fields(f'encoders.{modality}.features', values['features'], features)
     features.update(values['features'])
     values['features'] = ml_collections.FrozenConfigDict(features)  # hashable module field
   values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}

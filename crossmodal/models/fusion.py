@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from crossmodal import schema
 from crossmodal.models.attention import COMBINES, TransformerLayer
 from crossmodal.models.encoders import Encoded
 from crossmodal.models.heads import MLPHead
@@ -62,39 +63,29 @@ class _FusionBase(nn.Module):
   @classmethod
   def config_defaults(cls) -> dict[str, Any]:
     """The type's config fields and their defaults (the single source of truth)."""
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in _BUILD_FIELDS}
+    return schema.defaults_of(cls, skip=tuple(_BUILD_FIELDS))
 
   @classmethod
-  def check(cls, values: Mapping[str, Any], num_modalities: int | None = None) -> None:
-    """Raises ValueError naming the field and the valid values for a bad config."""
-    name = _type_name(cls)
-    for field, default in cls.config_defaults().items():
-      v = values[field]
-      expected = type(default)
-      if expected is float:
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-      elif expected is int:
-        ok = isinstance(v, int) and not isinstance(v, bool)
-      else:
-        ok = isinstance(v, expected)
-      if not ok:
-        raise ValueError(f'fusion {name!r}: {field}={v!r} must be of type {expected.__name__}')
-      if field in cls.choices and v not in cls.choices[field]:
-        raise ValueError(f'fusion {name!r}: {field}={v!r}; valid choices: {cls.choices[field]}')
-      if field in cls.positive and v < 1:
-        raise ValueError(f'fusion {name!r}: {field}={v} must be >= 1')
-      if field in cls.non_negative and v < 0:
-        raise ValueError(f'fusion {name!r}: {field}={v} must be >= 0')
-      if field == 'dropout' and not 0.0 <= v < 1.0:
-        raise ValueError(f'fusion {name!r}: dropout={v} must be in [0, 1)')
+  def check(cls, values: Mapping[str, Any], num_modalities: int | None = None
+            ) -> dict[str, Any]:
+    """The type's fields, its defaults overridden by `values`; ConfigError naming every bad
+    field as config.model.fusion.<field> with its valid values."""
+    rules = {**{f: schema.int_at_least(1) for f in cls.positive},
+             **{f: schema.int_at_least(0) for f in cls.non_negative}}
+    defaults = cls.config_defaults()
+    if 'dropout' in defaults:
+      rules['dropout'] = schema.FRACTION
+    values = schema.check(WHERE, values, defaults, choices=cls.choices, rules=rules)
     if num_modalities is not None and num_modalities < cls.min_modalities:
-      raise ValueError(f'fusion {name!r} needs at least {cls.min_modalities} modalities, got '
-                       f'{num_modalities}; for one modality use concat or late')
+      raise schema.ConfigError(
+          f'fusion {_type_name(cls)!r} needs at least {cls.min_modalities} modalities, got '
+          f'{num_modalities}; for one modality use concat or late')
     cls._check_type(values, num_modalities)
+    return values
 
   @classmethod
   def _check_type(cls, values: Mapping[str, Any], num_modalities: int | None) -> None:
-    """Cross-field rules of one type (override)."""
+    """Cross-field rules of one type (override; raise schema.ConfigError)."""
 
   # ------------------------------------------------------------------ shared helpers
 
@@ -147,6 +138,7 @@ class _FusionBase(nn.Module):
 
 
 _BUILD_FIELDS = frozenset(f.name for f in dataclasses.fields(_FusionBase))
+WHERE = 'config.model.fusion'  # how messages name the fusion config
 
 
 def _masked_softmax(logits: jax.Array, present: jax.Array, axis: int) -> jax.Array:
@@ -194,26 +186,34 @@ class LateFusion(_FusionBase):
     return out
 
 
-class SumFusion(_FusionBase):
+class _ReducedFusion(_FusionBase):
+  """Pooled features (optionally projected per modality first) reduced elementwise by
+  `_reduce`; a missing modality contributes `fill`."""
+  project: bool = False
+  fill = 0.0
+
+  def _reduce(self, xs: list[jax.Array], present: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(self, encoded, present=None, train: bool = False, return_attention: bool = False):
+    encs, present = self._prepare(encoded, present)
+    fused = self._reduce(self._pooled(encs, present, self.fill, self.project), present)
+    return self._finish(fused, train, {}, return_attention)
+
+
+class SumFusion(_ReducedFusion):
   """Sum of the present modalities' pooled features (optionally projected first)."""
-  project: bool = False
 
-  @nn.compact
-  def __call__(self, encoded, present=None, train: bool = False, return_attention: bool = False):
-    encs, present = self._prepare(encoded, present)
-    fused = sum(self._pooled(encs, present, 0.0, self.project))
-    return self._finish(fused, train, {}, return_attention)
+  def _reduce(self, xs, present):
+    return sum(xs)
 
 
-class MeanFusion(_FusionBase):
+class MeanFusion(_ReducedFusion):
   """Mean over the present modalities' pooled features (optionally projected first)."""
-  project: bool = False
 
-  @nn.compact
-  def __call__(self, encoded, present=None, train: bool = False, return_attention: bool = False):
-    encs, present = self._prepare(encoded, present)
-    fused = _present_mean(self._pooled(encs, present, 0.0, self.project), present)
-    return self._finish(fused, train, {}, return_attention)
+  def _reduce(self, xs, present):
+    return _present_mean(xs, present)
 
 
 class WeightedFusion(_FusionBase):
@@ -236,15 +236,12 @@ class WeightedFusion(_FusionBase):
     return self._finish(fused, train, {}, return_attention)
 
 
-class ProductFusion(_FusionBase):
+class ProductFusion(_ReducedFusion):
   """Elementwise product of pooled features; a missing modality contributes the identity 1."""
-  project: bool = False
+  fill = 1.0
 
-  @nn.compact
-  def __call__(self, encoded, present=None, train: bool = False, return_attention: bool = False):
-    encs, present = self._prepare(encoded, present)
-    fused = math.prod(self._pooled(encs, present, 1.0, self.project))
-    return self._finish(fused, train, {}, return_attention)
+  def _reduce(self, xs, present):
+    return math.prod(xs)
 
 
 class GatedFusion(_FusionBase):
@@ -293,9 +290,9 @@ class TensorFusion(_FusionBase):
   @classmethod
   def _check_type(cls, values, num_modalities):
     if num_modalities is not None and (values['proj_dim'] + 1) ** num_modalities > MAX_TENSOR_DIM:
-      raise ValueError(f"fusion 'tensor': (proj_dim + 1) ** M = ({values['proj_dim']} + 1) ** "
-                       f'{num_modalities} exceeds {MAX_TENSOR_DIM}; lower proj_dim or use '
-                       "'lowrank_tensor'")
+      raise schema.ConfigError(
+          f"fusion 'tensor': (proj_dim + 1) ** M = ({values['proj_dim']} + 1) ** "
+          f"{num_modalities} exceeds {MAX_TENSOR_DIM}; lower proj_dim or use 'lowrank_tensor'")
 
   @nn.compact
   def __call__(self, encoded, present=None, train: bool = False, return_attention: bool = False):
@@ -427,17 +424,19 @@ class CrossAttentionFusion(_AttentionFusionBase):
   @classmethod
   def _check_type(cls, values, num_modalities):
     if values['pooling'] == 'cls' and values['self_attention_layers'] == 0:
-      raise ValueError("fusion 'crossattn': pooling='cls' needs self_attention_layers >= 1 "
-                       "(cross-attention alone never mixes the target's tokens into its class "
-                       "token); use pooling='mean' or self_attention_layers >= 1")
+      raise schema.ConfigError(
+          "fusion 'crossattn': pooling='cls' needs self_attention_layers >= 1 (cross-attention "
+          "alone never mixes the target's tokens into its class token); use pooling='mean' or "
+          'self_attention_layers >= 1')
     if values['kv_source'] == 'updated' and values['num_layers'] < 2:
-      raise ValueError("fusion 'crossattn': kv_source='updated' differs from 'first_layer' "
-                       'only from the second cross layer on; set num_layers >= 2 or use '
-                       "kv_source='first_layer'")
+      raise schema.ConfigError(
+          "fusion 'crossattn': kv_source='updated' differs from 'first_layer' only from the "
+          "second cross layer on; set num_layers >= 2 or use kv_source='first_layer'")
     if num_modalities is not None and num_modalities != 2 and values['direction'] != 'both':
-      raise ValueError(f"fusion 'crossattn': direction={values['direction']!r} is defined for "
-                       f"exactly 2 modalities, got {num_modalities}; use direction='both' "
-                       '(every modality attends to every other)')
+      raise schema.ConfigError(
+          f"fusion 'crossattn': direction={values['direction']!r} is defined for exactly 2 "
+          f"modalities, got {num_modalities}; use direction='both' (every modality attends to "
+          'every other)')
 
   def _routes(self) -> tuple[list[int], dict[int, list[int]]]:
     """Target modality indices and, per target, its source indices."""
@@ -555,14 +554,15 @@ class BottleneckFusion(_AttentionFusionBase):
   @classmethod
   def _check_type(cls, values, num_modalities):
     if not 0 <= values['fusion_layer'] <= values['num_layers']:
-      raise ValueError(f"fusion 'bottleneck': fusion_layer={values['fusion_layer']} must be in "
-                       f"[0, num_layers={values['num_layers']}] (0 = early, num_layers = late)")
-    default = next(f.default for f in dataclasses.fields(cls) if f.name == 'num_bottlenecks')
+      raise schema.ConfigError(
+          f"fusion 'bottleneck': fusion_layer={values['fusion_layer']} must be in "
+          f"[0, num_layers={values['num_layers']}] (0 = early, num_layers = late)")
+    default = cls.config_defaults()['num_bottlenecks']
     if values['fusion_layer'] == values['num_layers'] and values['num_bottlenecks'] != default:
-      raise ValueError(f"fusion 'bottleneck': num_bottlenecks={values['num_bottlenecks']} has no "
-                       f"effect with fusion_layer = num_layers = {values['num_layers']} (no "
-                       'layer exchanges through the bottleneck); leave it at its default or '
-                       'lower fusion_layer')
+      raise schema.ConfigError(
+          f"fusion 'bottleneck': num_bottlenecks={values['num_bottlenecks']} has no effect "
+          f"with fusion_layer = num_layers = {values['num_layers']} (no layer exchanges "
+          'through the bottleneck); leave it at its default or lower fusion_layer')
 
   @nn.compact
   def __call__(self, encoded, present=None, train: bool = False, return_attention: bool = False):
@@ -628,19 +628,8 @@ def _type_name(cls: type) -> str:
 
 def _lookup(fusion_type: str) -> type[_FusionBase]:
   if fusion_type not in FUSIONS:
-    raise ValueError(f'model.fusion.type={fusion_type!r}; valid choices: {tuple(FUSIONS)}')
+    raise schema.ConfigError(f'{WHERE}.type={fusion_type!r}: valid choices: {tuple(FUSIONS)}')
   return FUSIONS[fusion_type]
-
-
-def _resolve(fusion_type: str, values: Mapping[str, Any]) -> dict[str, Any]:
-  """Defaults of the type overridden by `values`; unknown fields are an error."""
-  cls = _lookup(fusion_type)
-  defaults = cls.config_defaults()
-  unknown = sorted(set(values) - set(defaults))
-  if unknown:
-    raise ValueError(f'model.fusion: {unknown} not valid for type {fusion_type!r}; valid '
-                     f'fields: {sorted(defaults)}')
-  return {**defaults, **values}
 
 
 def uses_tokens(fusion_type: str) -> bool:
@@ -650,9 +639,19 @@ def uses_tokens(fusion_type: str) -> bool:
 
 def fusion_config(fusion_type: str, **overrides) -> ml_collections.ConfigDict:
   """ConfigDict with `type` plus exactly that fusion's fields and defaults (+ overrides)."""
-  values = _resolve(fusion_type, overrides)
-  _lookup(fusion_type).check(values)
-  return ml_collections.ConfigDict({'type': fusion_type, **values})
+  return ml_collections.ConfigDict({'type': fusion_type,
+                                    **_lookup(fusion_type).check(overrides)})
+
+
+def check_config(cfg: ml_collections.ConfigDict | Mapping[str, Any],
+                 num_modalities: int | None = None) -> tuple[type[_FusionBase], dict[str, Any]]:
+  """(fusion class, its resolved fields) of `config.model.fusion`; ConfigError naming every
+  bad field (for `num_modalities` modalities, when given)."""
+  values = schema.as_dict(cfg)
+  if 'type' not in values:
+    raise schema.ConfigError(f'{WHERE} has no type; valid choices: {tuple(FUSIONS)}')
+  cls = _lookup(values.pop('type'))
+  return cls, cls.check(values, num_modalities)
 
 
 def build_fusion(cfg: ml_collections.ConfigDict | Mapping[str, Any], *,
@@ -665,15 +664,9 @@ def build_fusion(cfg: ml_collections.ConfigDict | Mapping[str, Any], *,
   `dropout` is the classifier head's dropout (config.model.dropout); attention fusions
   have their own `dropout` field for their transformer layers.
   """
-  values = dict(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg)
-  if 'type' not in values:
-    raise ValueError(f'model.fusion has no type; valid choices: {tuple(FUSIONS)}')
-  fusion_type = values.pop('type')
-  values = _resolve(fusion_type, values)
-  cls = _lookup(fusion_type)
   modalities = tuple(modalities)
   if len(set(modalities)) != len(modalities):
-    raise ValueError(f'model.modalities has duplicates: {modalities}')
-  cls.check(values, len(modalities))
+    raise schema.ConfigError(f'config.model.modalities has duplicates: {modalities}')
+  cls, values = check_config(cfg, len(modalities))
   return cls(modalities=modalities, num_classes=num_classes, head_hidden=tuple(head_hidden),
              head_dropout=dropout, dtype=dtype, param_dtype=param_dtype, name=name, **values)

@@ -15,13 +15,14 @@ import ml_collections
 import numpy as np
 
 from crossmodal import objectives as objectives_lib
+from crossmodal import schema
 from crossmodal.models import encoders as encoders_lib
 from crossmodal.models import fusion as fusion_lib
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# Compute dtypes (config.train.dtype); parameters and optimizer state stay float32.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 DEFAULT_ENCODERS = {'image': 'lenet', 'audio': 'lenet', 'text': 'transformer'}
 REQUIRED_KEYS = ('modalities', 'dim', 'encoders', 'fusion')
-OPTIONAL_KEYS = ('head', 'dropout')
 
 
 class Decoder(nn.Module):
@@ -129,32 +130,52 @@ def _as_mapping(cfg: Any) -> Mapping[str, Any]:
 def objective_heads(objectives: Mapping[str, Any] | None,
                     modalities: Sequence[str]) -> dict[str, Any]:
   """The model fields `config.objectives` asks for (pooled, aux_heads, logit_scale_init,
-  decoder); ValueError if an objective names a modality the model does not have."""
+  decoder); ConfigError if an objective is invalid for the model's modalities."""
+  objectives_lib.check_config(objectives, modalities)
   active = objectives_lib.active(objectives)
   fields: dict[str, Any] = {}
   if 'aux_classification' in active:
     fields.update(pooled=True, aux_heads=True)
   if 'contrastive' in active:
-    c = objectives.contrastive
-    bad = [m for m in c.pair if m not in modalities]
-    if bad or len(set(c.pair)) != 2:
-      raise ValueError(f'config.objectives.contrastive.pair={tuple(c.pair)}: needs two '
-                       f'different modalities of config.model.modalities={list(modalities)}')
     fields['pooled'] = True
-    if objectives_lib.learns_temperature(c):
-      fields['logit_scale_init'] = 1.0 / float(c.temperature)
+    if objectives_lib.learns_temperature(objectives.contrastive):
+      fields['logit_scale_init'] = 1.0 / float(objectives.contrastive.temperature)
   if 'reconstruction' in active:
     r = objectives.reconstruction
-    if r.source not in modalities or r.target not in modalities or r.source == r.target:
-      raise ValueError(f'config.objectives.reconstruction: source={r.source!r}, target='
-                       f'{r.target!r} must be two different modalities of '
-                       f'config.model.modalities={list(modalities)}')
-    if r.target != 'image':
-      raise ValueError(f'config.objectives.reconstruction.target={r.target!r}: only images '
-                       'can be decoded (an MLP to pixels); audio and text decoders are not '
-                       'implemented')
     fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden)))
   return fields
+
+
+# config.model: its fields' defaults (encoders and fusion are checked by their modules).
+_DEFAULTS = {'modalities': ('image', 'audio'), 'dim': 64, 'encoders': {}, 'fusion': {},
+             'head': (), 'dropout': 0.0}
+_RULES = {'modalities': ((lambda v: len(v) > 0 and len(set(v)) == len(v)),
+                         'must be a non-empty tuple of distinct modalities'),
+          'dim': schema.POSITIVE_INT, 'head': schema.ints_at_least(1),
+          'dropout': schema.FRACTION}
+WHERE = 'config.model'
+
+
+def check_config(model_config: ml_collections.ConfigDict | Mapping[str, Any],
+                 objectives: Mapping[str, Any] | None = None) -> None:
+  """ConfigError naming every bad option of `config.model` (its encoders and fusion too) and,
+  when given, of `config.objectives` for its modalities. Builds nothing."""
+  values = schema.as_dict(model_config)
+  messages = schema.problems(WHERE, values, _DEFAULTS, required=REQUIRED_KEYS,
+                             choices={'modalities': tuple(encoders_lib.ENCODERS)},
+                             rules=_RULES)
+  if messages:
+    raise schema.ConfigError(problems=messages)
+  modalities = tuple(values['modalities'])
+  missing = [m for m in modalities if m not in values['encoders']]
+  if missing:
+    raise schema.ConfigError(
+        f'{WHERE}.encoders lacks {missing[0]!r} (listed in modalities); add e.g. '
+        f'encoder_config({missing[0]!r}, {DEFAULT_ENCODERS[missing[0]]!r})')
+  schema.collect(*[lambda m=m: encoders_lib.check_config(m, values['encoders'][m])
+                   for m in modalities],
+                 lambda: fusion_lib.check_config(values['fusion'], len(modalities)),
+                 lambda: objectives_lib.check_config(objectives, modalities))
 
 
 def build_model(model_config: ml_collections.ConfigDict | Mapping[str, Any], num_classes: int,
@@ -163,43 +184,19 @@ def build_model(model_config: ml_collections.ConfigDict | Mapping[str, Any], num
   """Builds the model from `config.model` (modalities, dim, encoders.<m>, fusion, and
   optionally head, dropout), with the heads `config.objectives` needs (objective_heads).
 
-  dtype: compute dtype name ('float32', 'bfloat16', 'float16'), usually config.train.dtype.
+  dtype: compute dtype name (DTYPES), usually config.train.dtype.
   axis_name: set when the model runs under pmap so BatchNorm syncs statistics over devices.
   """
   cfg = _as_mapping(model_config)
-  for key in REQUIRED_KEYS:
-    if key not in cfg:
-      raise ValueError(f'config.model lacks {key!r}; it needs {list(REQUIRED_KEYS)} and may '
-                       f'have {list(OPTIONAL_KEYS)} (see default_model_config)')
-  unknown = sorted(set(cfg) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
-  if unknown:
-    raise ValueError(f'config.model: unknown key(s) {unknown}; valid keys: '
-                     f'{list(REQUIRED_KEYS + OPTIONAL_KEYS)}')
+  check_config(cfg)  # before any module is built, naming every bad option
   modalities = tuple(cfg.modalities)
-  if not modalities or len(set(modalities)) != len(modalities):
-    raise ValueError(f'config.model.modalities must be distinct and non-empty, got '
-                     f'{list(modalities)}; valid modalities: {sorted(encoders_lib.ENCODERS)}')
-  for m in modalities:
-    if m not in encoders_lib.ENCODERS:
-      raise ValueError(f'config.model.modalities: unknown modality {m!r}; valid choices: '
-                       f'{sorted(encoders_lib.ENCODERS)}')
-    if m not in cfg.encoders:
-      raise ValueError(f'config.model.encoders lacks {m!r} (listed in modalities); add e.g. '
-                       f"encoder_config({m!r}, {DEFAULT_ENCODERS[m]!r})")
   if isinstance(dtype, str):
     if dtype not in DTYPES:
       raise ValueError(f'model dtype {dtype!r} is unknown; valid choices: {sorted(DTYPES)}')
     dtype = DTYPES[dtype]
-  # Validate encoder configs now (unknown types/fields) rather than at the first init.
-  for m in modalities:
-    encoders_lib.build_encoder(m, cfg.encoders[m], int(cfg.dim))
   encoders = ml_collections.FrozenConfigDict({m: _as_mapping(cfg.encoders[m])
                                               for m in modalities})
   fusion = ml_collections.FrozenConfigDict(_as_mapping(cfg.fusion))
-  # Validate the fusion config against the modalities now, too.
-  fusion_lib.build_fusion(fusion, modalities=modalities, num_classes=int(num_classes),
-                          head_hidden=tuple(cfg.get('head', ())),
-                          dropout=float(cfg.get('dropout', 0.0)))
   return CrossModalModel(modalities=modalities, encoders=encoders, fusion=fusion,
                          num_classes=int(num_classes), dim=int(cfg.dim),
                          head=tuple(cfg.get('head', ())), dropout=float(cfg.get('dropout', 0.0)),
