@@ -162,7 +162,7 @@ def planned_config(run: Run) -> dict[str, Any] | None:
     return None
   try:
     config = config_utils.load_config_file(run.config)
-    config.update_from_flattened_dict({'seed': run.seed, **run.variant.overrides})
+    config = config_utils.apply_overrides(config, {'seed': run.seed, **run.variant.overrides})
   except Exception:  # pylint: disable=broad-except  (main reports what is wrong)
     return None
   return config_utils.to_dict(config)
@@ -383,16 +383,27 @@ def collect_run(run: Run) -> dict[str, Any]:
   return row
 
 
+def _recorded_config(workdir: str) -> dict[str, Any]:
+  try:
+    return json.loads((epath.Path(workdir) / 'config.json').read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    return {}
+
+
+def _types(config: Mapping[str, Any]) -> dict[str, str]:
+  """{config.evaluators entry: its type} of a recorded config."""
+  return {name: e.get('type') or name for name, e in (config.get('evaluators') or {}).items()}
+
+
+def _evaluator_types(runs: Sequence[Run]) -> dict[str, str]:
+  return {k: v for run in runs for k, v in _types(_recorded_config(run.workdir)).items()}
+
+
 def _classification_evaluators(workdir: str) -> list[str]:
   """Names of the run's classification evaluators (results.csv has columns of their own)."""
-  try:
-    config = json.loads((epath.Path(workdir) / 'config.json').read_text())
-  except (FileNotFoundError, json.JSONDecodeError):
-    config = {}
-  evaluators = config.get('evaluators') or {}
-  names = [n for n, e in evaluators.items() if e.get('type') == 'classification']
-  return names if 'eval_splits' not in config.get('train', {}) else [
-      *names, *_LEGACY_CLASSIFICATION]
+  config = _recorded_config(workdir)
+  names = [n for n, t in _types(config).items() if t == 'classification']
+  return names or list(_LEGACY_CLASSIFICATION)  # older records (or none) named them by split
 
 
 def export_records(runs: Sequence[Run], root: str, dest: str) -> int:
@@ -486,17 +497,25 @@ def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def evaluator_table(table: Sequence[Mapping[str, Any]],
-                    headlines: Sequence[str] | None = None) -> str:
-  """Variant | each evaluator metric matching `headlines` (default: the regexes the
-  evaluators declare as their headlines), mean ± std over finished seeds; empty when no run
-  has evaluator records. Accuracies and recalls in %, ranks and errors raw; a value that only
-  some finished seeds have says how many (`(1/3 seeds)`)."""
+def evaluator_table(table: Sequence[Mapping[str, Any]], headlines: Sequence[str] | None = None,
+                    types: Mapping[str, str] | None = None) -> str:
+  """Variant | each `<evaluator>/<metric>` column matching one of `headlines` (regexes over the
+  whole column), or by default each whose metric its evaluator's type declares a headline
+  (`types`: {entry name: evaluator type}; an entry without one is its own type); mean ± std
+  over finished seeds; empty when no run has evaluator records. Accuracies and recalls in %,
+  ranks and errors raw; a value that only some finished seeds have says how many (`(1/3
+  seeds)`)."""
   if headlines is None:
     from crossmodal import evaluators  # pylint: disable=import-outside-toplevel
-    headlines = evaluators.headlines()
-  keys = [k for k in table[0]['n'] if '/' in k and any(re.search(h, k) for h in headlines)
-          ] if table else []
+    declared = evaluators.headlines()
+
+    def shown(column: str) -> bool:
+      name, metric = column.split('/', 1)
+      kind = (types or {}).get(name, name)
+      return any(re.search(h, metric) for h in declared.get(kind, ()))
+  else:
+    shown = lambda column: any(re.search(h, column) for h in headlines)
+  keys = [k for k in table[0]['n'] if '/' in k and shown(k)] if table else []
   keys = [k for k in keys if any(a[k] is not None for a in table)]
   if not keys:
     return ''
@@ -590,7 +609,7 @@ def report(runs: Sequence[Run], root: str, order: Sequence[str]) -> tuple[str, l
   (epath.Path(root) / 'results.csv').write_text(buffer.getvalue())
   table = aggregate(rows, order)
   text = markdown_table(table)
-  evaluated = evaluator_table(table)
+  evaluated = evaluator_table(table, types=_evaluator_types(runs))
   if evaluated:
     text += '\nEvaluators (crossmodal/evaluators/) on the same checkpoints:\n\n' + evaluated
   (epath.Path(root) / 'results.md').write_text(text)

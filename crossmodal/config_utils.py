@@ -26,16 +26,6 @@ from crossmodal import schema
 ConfigError = schema.ConfigError
 
 # Names that moved to the module owning them; still importable from here for config files.
-_MOVED = {'optim_config': 'crossmodal.optim', 'objectives_config': 'crossmodal.objectives',
-          'CONTRASTIVE_LOSSES': 'crossmodal.objectives'}
-
-
-def __getattr__(name: str) -> Any:
-  if name in _MOVED:
-    return getattr(importlib.import_module(_MOVED[name]), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses a preset string 'fusion=crossattn,image=lenet' against typed defaults.
 
@@ -126,6 +116,15 @@ class _Errors:
 _number, _int = schema.number, schema.integer
 
 
+SECTIONS = ('seed', 'data', 'model', 'objectives', 'optim', 'train', 'evaluators')
+# Loop options that config.evaluators took over (2026-12): where each one went.
+MOVED_TO_EVALUATORS = {
+    'eval_every': 'config.evaluators.<name>.every (per evaluator)',
+    'eval_splits': 'config.evaluators: one classification evaluator per split '
+                   '(evaluators.classification_config)',
+    'max_eval_batches': 'config.evaluators.<name>.max_batches (classification evaluators)'}
+
+
 def validate(config: Any, device_count: int | None = None,
              process_count: int | None = None) -> None:
   """Raises ConfigError listing every invalid option of a resolved config: config.data,
@@ -154,23 +153,22 @@ def validate(config: Any, device_count: int | None = None,
       except ConfigError as error:
         e.messages += error.problems
 
-  # Training loop.
-  e.check('train.num_steps', lambda v: _int(v) and v > 0, 'must be a positive int')
-  e.check('train.log_every', lambda v: _int(v) and v > 0, 'must be a positive int')
-  e.check('train.checkpoint_every', lambda v: _int(v) and v >= 0,
-          'must be an int >= 0 (0 = checkpoint only at evaluations and the end)')
-  e.check('train.keep_checkpoints', lambda v: _int(v) and v >= 1, 'must be an int >= 1')
-  e.check('train.async_checkpoints', lambda v: isinstance(v, bool), 'must be True or False')
-  e.check('train.parallel', lambda v: v in parallel.PARALLEL_MODES, 'unknown parallel mode',
-          parallel.PARALLEL_MODES)
-  e.check('train.sync_every_step', lambda v: v in parallel.SYNC_CHOICES, 'unknown setting',
-          parallel.SYNC_CHOICES)
-  e.check('train.dtype', lambda v: v in model_lib.DTYPES, 'unsupported compute dtype',
-          tuple(model_lib.DTYPES))
-  e.check('train.best_metric', lambda v: isinstance(v, str),
-          "must be '<evaluator>/<metric>' (e.g. 'validation/accuracy') or '' for none")
-  e.check('train.modality_dropout', lambda v: _number(v) and 0 <= v < 1,
-          'must be in [0, 1) (probability of hiding each modality of a training example)')
+  train = e.get('train')
+  if train is not _MISSING:
+    e.messages += schema.problems(
+        'config.train', schema.as_dict(train), train_config().to_dict(), required=True,
+        choices={'parallel': parallel.PARALLEL_MODES, 'sync_every_step': parallel.SYNC_CHOICES,
+                 'dtype': tuple(model_lib.DTYPES)},
+        rules={'num_steps': schema.POSITIVE_INT, 'log_every': schema.POSITIVE_INT,
+               'checkpoint_every': schema.int_at_least(0), 'keep_checkpoints':
+               schema.int_at_least(1), 'async_checkpoints': schema.BOOL,
+               'modality_dropout': (schema.FRACTION[0], 'must be in [0, 1) (probability of '
+                                    'hiding each modality of a training example)')})
+    moved = sorted(set(schema.as_dict(train)) & set(MOVED_TO_EVALUATORS))
+    e.messages += [f'config.train.{key} moved to {MOVED_TO_EVALUATORS[key]}' for key in moved]
+  unknown = sorted(set(schema.as_dict(config)) - set(SECTIONS))
+  if unknown:
+    e.messages.append(f'config: unknown section(s) {unknown}; valid: {list(SECTIONS)}')
   if e.messages:
     messages = list(dict.fromkeys(e.messages))
     raise ConfigError('invalid config:\n  ' + '\n  '.join(messages))

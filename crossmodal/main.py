@@ -45,16 +45,15 @@ class _TypeSwitchingParser:
   """--config's parser: config_flags' loader, then the command line's type switches
   (config_utils.switch_types) applied to the loaded, locked config before config_flags types
   the other overrides against it, so that the new type's own fields exist and can be
-  overridden too."""
+  overridden too. Reads the overrides where config_flags does: sys.argv, flag files expanded."""
 
   def __init__(self, loader):
     self._loader = loader
-    self.argv: Sequence[str] = ()  # set by parse_flags
 
   def parse(self, path):
     config = self._loader.parse(path)
     if isinstance(config, ml_collections.ConfigDict):
-      argv = flags.FLAGS.read_flags_from_files(list(self.argv), force_gnu=False)
+      argv = flags.FLAGS.read_flags_from_files(sys.argv, force_gnu=False)
       config_utils.switch_types(config, config_utils.command_line_overrides(argv))
     return config
 
@@ -62,8 +61,7 @@ class _TypeSwitchingParser:
     return getattr(self._loader, name)
 
 
-_CONFIG_PARSER = _TypeSwitchingParser(flags.FLAGS['config'].parser)
-flags.FLAGS['config'].parser = _CONFIG_PARSER
+flags.FLAGS['config'].parser = _TypeSwitchingParser(flags.FLAGS['config'].parser)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, config.')
 _MODE = flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to run.')
 _CHECKPOINT = flags.DEFINE_string(
@@ -89,7 +87,6 @@ def _fail(message: str) -> None:
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl parsing with readable config errors (unknown override keys list the valid ones),
   type switches included (_TypeSwitchingParser)."""
-  _CONFIG_PARSER.argv = list(argv)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except

@@ -219,6 +219,6 @@ class Options:
   def from_config(cls, cfg: Any, where: str | None = None) -> Any:
     """An instance from a ConfigDict / mapping (None: the defaults; an instance: itself),
     with problems named under `where` (e.g. 'config.data.synthetic')."""
-    if isinstance(cls, type) and isinstance(cfg, cls):
+    if isinstance(cfg, cls):
       return cfg
     return cls(**cls.check({} if cfg is None else cfg, where))

@@ -70,15 +70,11 @@ class RunResult:
 # ----------------------------------------------------------------------------- building
 
 
-def compute_dtype(config: Any) -> Any:
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.train.dtype]
-
-
 def build_model(config: Any, num_classes: int, axis_name: str | None):
   """The model for `config.model`, computing in `config.train.dtype` (params stay float32)."""
   from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
   return model_lib.build_model(config.model, num_classes, axis_name=axis_name,
-                               dtype=compute_dtype(config), objectives=config.get('objectives'))
+                               dtype=config.train.dtype, objectives=config.get('objectives'))
 
 
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:

@@ -29,6 +29,8 @@ import ml_collections
 
 from crossmodal import config_utils
 from crossmodal import evaluators as evaluators_lib
+from crossmodal import objectives
+from crossmodal import optim
 from crossmodal.data import avmnist as avmnist_data
 from crossmodal.models import encoders as encoders_lib
 from crossmodal.models import fusion as fusion_lib
@@ -88,8 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       if m in a.modalities and getattr(a, m) == 'lenet':
         config.model.encoders[m].token_stage = stage
 
-  config.objectives = config_utils.objectives_config()  # classification only
-  config.optim = config_utils.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)
+  config.objectives = objectives.objectives_config()  # classification only
+  config.optim = optim.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)
   config.train = config_utils.train_config(
       num_steps=a.steps, log_every=50, checkpoint_every=500)
   config.evaluators = evaluators_lib.classification_config(every=500)  # validation, test

@@ -26,6 +26,7 @@ import ml_collections
 
 from crossmodal import config_utils
 from crossmodal import evaluators
+from crossmodal import objectives
 
 _AVMNIST = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                  'avmnist.py'), '_avmnist_base_config')
@@ -34,7 +35,7 @@ _AVMNIST = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_utils.parse_arg(arg, weight=1.0, snr=_AVMNIST.SNR_DB, subset=0, steps=2000)
   config = _AVMNIST.get_config(f'variant=clean,snr={a.snr},subset={a.subset},steps={a.steps}')
-  config.objectives = config_utils.objectives_config(reconstruction=a.weight)
+  config.objectives = objectives.objectives_config(reconstruction=a.weight)
   config.objectives.reconstruction.update(source='audio', target='image')
   config.evaluators.reconstruction = evaluators.evaluator_config('reconstruction')
   return config

@@ -26,6 +26,7 @@ import ml_collections
 
 from crossmodal import config_utils
 from crossmodal import evaluators
+from crossmodal import objectives
 
 _AVMNIST = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                  'avmnist.py'), '_avmnist_base_config')
@@ -34,12 +35,12 @@ _AVMNIST = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_utils.parse_arg(arg, loss='infonce', labels=False, variant=_AVMNIST.VARIANT,
                              snr=_AVMNIST.SNR_DB, subset=0, steps=2000)
-  if a.loss not in config_utils.CONTRASTIVE_LOSSES:
+  if a.loss not in objectives.CONTRASTIVE_LOSSES:
     raise config_utils.ConfigError(f'avmnist_retrieval.py: loss={a.loss!r}; valid choices: '
-                                   f'{config_utils.CONTRASTIVE_LOSSES}')
+                                   f'{objectives.CONTRASTIVE_LOSSES}')
   config = _AVMNIST.get_config(f'variant={a.variant},snr={a.snr},subset={a.subset},'
                                f'steps={a.steps}')
-  config.objectives = config_utils.objectives_config(classification=0.0, contrastive=1.0)
+  config.objectives = objectives.objectives_config(classification=0.0, contrastive=1.0)
   config.objectives.contrastive.update(loss=a.loss, same_class_positives=a.labels)
   # The validation contrastive loss picks the checkpoint.
   config.train.best_metric = 'validation/loss'

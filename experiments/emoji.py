@@ -38,6 +38,8 @@ import ml_collections
 
 from crossmodal import config_utils
 from crossmodal import evaluators as evaluators_lib
+from crossmodal import objectives
+from crossmodal import optim
 from crossmodal.models import fusion as fusion_lib
 from crossmodal.models import model as model_lib
 
@@ -82,8 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if 'text' in a.modalities:
     config.model.encoders.text.update(max_len=TEXT_LENGTHS[a.text], depth=2, num_heads=4)
 
-  config.objectives = config_utils.objectives_config()  # classification only
-  config.optim = config_utils.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)
+  config.objectives = objectives.objectives_config()  # classification only
+  config.optim = optim.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)
   config.train = config_utils.train_config(
       num_steps=a.steps, log_every=50, checkpoint_every=100)
   config.evaluators = evaluators_lib.classification_config(every=100)  # validation, test

@@ -26,6 +26,7 @@ import ml_collections
 
 from crossmodal import config_utils
 from crossmodal import evaluators
+from crossmodal import objectives
 
 _EMOJI = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                'emoji.py'), '_emoji_base_config')
@@ -36,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              image_size=32, steps=400)
   config = _EMOJI.get_config(f'split={a.split},text={a.text},label={a.label},'
                              f'image_size={a.image_size},steps={a.steps}')
-  config.objectives = config_utils.objectives_config(classification=0.0, contrastive=1.0)
+  config.objectives = objectives.objectives_config(classification=0.0, contrastive=1.0)
   config.objectives.contrastive.pair = ('text', 'image')
   # The validation contrastive loss picks the checkpoint.
   config.train.best_metric = 'validation/loss'

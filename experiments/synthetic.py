@@ -22,6 +22,7 @@ import ml_collections
 
 from crossmodal import config_utils
 from crossmodal import evaluators as evaluators_lib
+from crossmodal import optim
 from crossmodal.data import synthetic
 from crossmodal.models import fusion as fusion_lib
 from crossmodal.models import model as model_lib
@@ -62,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     model.encoders.audio.features.n_mels = 32
   config.model = model
 
-  config.optim = config_utils.optim_config(lr=3e-3, warmup_steps=20)
+  config.optim = optim.optim_config(lr=3e-3, warmup_steps=20)
   config.train = config_utils.train_config(
       num_steps=300, log_every=50, checkpoint_every=100)
   config.evaluators = evaluators_lib.classification_config(every=100)  # validation, test

@@ -83,7 +83,7 @@ def random_batches(batch_size: int, count: int, seed: int = 0) -> list[dict[str,
 def sgd_config(fusion: str = 'concat'):
   """experiments/avmnist.py's model with MultiBench's optimizer (SGD, momentum 0.9)."""
   config = config_utils.load_config_file(f'{AVMNIST}:fusion={fusion}')
-  config.optim = config_utils.optim_config(name='sgd', lr=0.01, momentum=0.9,
+  config.optim = optim.optim_config(name='sgd', lr=0.01, momentum=0.9,
                                            schedule='constant', weight_decay=0.0)
   return config
 

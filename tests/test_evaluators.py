@@ -12,13 +12,14 @@ import pytest
 
 from crossmodal import config_utils
 from crossmodal import evaluators
+from crossmodal import files
+from crossmodal import objectives
+from crossmodal import train
 from crossmodal.evaluators import attention
 from crossmodal.evaluators import common
 from crossmodal.evaluators import retrieval
 from crossmodal.evaluators import robustness
 from crossmodal.evaluators import zero_shot
-from crossmodal import files
-from crossmodal import train
 from crossmodal.data import noise
 from crossmodal.models import text as text_lib
 from conftest import tiny_config
@@ -110,7 +111,7 @@ def test_noise_rejects_bad_kind_and_level():
 
 def _tiny_config(fusion='concat', evals=('retrieval', 'robustness'), **weights):
   config = tiny_config(f'size=tiny,fusion={fusion}')
-  config.objectives = config_utils.objectives_config(**weights)
+  config.objectives = objectives.objectives_config(**weights)
   for n in evals:
     config.evaluators[n] = evaluators.evaluator_config(n)
   if 'robustness' in evals:
@@ -182,7 +183,7 @@ def test_attention_maps_and_pooled_vectors_under_crossattn(tmp_path):
   results = train.evaluate(config, workdir, 'latest')
   assert results['attention']['maps'] > 0 and os.path.exists(results['attention']['picture'])
   assert results['retrieval']['num_examples'] == 40
-  config.objectives = config_utils.objectives_config()
+  config.objectives = objectives.objectives_config()
   with pytest.raises(config_utils.ConfigError, match='retrieval: .*no pooled vector'):
     train.check_config(config)
 
@@ -233,7 +234,7 @@ def test_evaluator_config_errors():
   zero_shot_config = {'zero_shot': evaluators.evaluator_config('zero_shot')}
   with error('only a contrastive objective'):
     build(zero_shot_config, text_model)  # classification alone: unaligned spaces
-  aligned = config_utils.objectives_config(contrastive=1.0)
+  aligned = objectives.objectives_config(contrastive=1.0)
   aligned.contrastive.pair = ('image', 'text')
   build(zero_shot_config, text_model, aligned)
   with error("exactly one '{}'"):
@@ -243,7 +244,7 @@ def test_evaluator_config_errors():
   text_config = tiny_config('size=tiny,modalities=image+text')
   text_config.objectives = aligned
   text_config.evaluators.zero_shot = zero_shot_config['zero_shot']
-  with pytest.raises(ValueError, match='only emoji has'):
+  with pytest.raises(config_utils.ConfigError, match='zero_shot: .*only emoji has'):
     train.check_config(text_config)
   with error('pictures need pair=\\(text, image\\)'):
     build({'retrieval': evaluators.evaluator_config('retrieval', picture_queries=4)})
@@ -340,7 +341,7 @@ def test_text_vectors_match_the_model_on_the_text_alone(tmp_path):
   """Zero-shot's class-name vectors (one padded global batch with zero images) equal the text
   encoder's pooled vectors computed directly, on 4 names (padding rows dropped)."""
   config = tiny_config('size=tiny,modalities=image+text')
-  config.objectives = config_utils.objectives_config(contrastive=1.0)
+  config.objectives = objectives.objectives_config(contrastive=1.0)
   config.objectives.contrastive.pair = ('text', 'image')
   config.train.num_steps = 3
   workdir = str(tmp_path / 'w')

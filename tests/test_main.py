@@ -36,7 +36,7 @@ def test_valid_config_passes():
     ('train.sync_every_step', 'yes', "valid choices: ('auto', 'on', 'off')"),
     ('train.dtype', 'float16', "valid choices: ('float32', 'bfloat16')"),
     ('train.num_steps', 0, 'config.train.num_steps=0: must be a positive int'),
-    ('train.best_metric', 3, "config.train.best_metric=3: must be '<evaluator>/<metric>'"),
+    ('train.best_metric', 3, 'config.train.best_metric=3: must be of type str'),
     ('data.global_batch_size', -8, 'must be a positive int'),
     ('model.modalities', ('image', 'smell'), "valid choices: ('image', 'audio', 'text')"),
 ])

@@ -75,23 +75,23 @@ def test_reconstruction_error_scales_uint8_targets():
 
 
 def test_weights_and_validation():
-  cfg = config_utils.objectives_config(classification=0.0, contrastive=1.0, reconstruction=0.5)
+  cfg = objectives.objectives_config(classification=0.0, contrastive=1.0, reconstruction=0.5)
   assert objectives.active(cfg) == ('contrastive', 'reconstruction')
   assert objectives.total(cfg, {'contrastive': 2.0, 'reconstruction': 4.0}) == 4.0
   assert objectives.weights(None) == {'classification': 1.0}
   base = synthetic_config()
-  base.objectives = config_utils.objectives_config(classification=0.0)
+  base.objectives = objectives.objectives_config(classification=0.0)
   with pytest.raises(config_utils.ConfigError, match='every weight is 0'):
     config_utils.validate(base)
-  base.objectives = config_utils.objectives_config(contrastive=1.0)
+  base.objectives = objectives.objectives_config(contrastive=1.0)
   base.objectives.contrastive.loss = 'hinge'
   base.objectives.contrastive.pair = ('audio', 'audio')
   with pytest.raises(config_utils.ConfigError) as e:
     config_utils.validate(base)
   assert 'contrastive.loss' in str(e.value) and 'contrastive.pair' in str(e.value)
   with pytest.raises(config_utils.ConfigError, match='unknown objective'):
-    config_utils.objectives_config(vae=1.0)
-  base.objectives = config_utils.objectives_config(classification=0.0, contrastive=1.0)
+    objectives.objectives_config(vae=1.0)
+  base.objectives = objectives.objectives_config(classification=0.0, contrastive=1.0)
   config_utils.validate(base)  # best_metric: tests/test_evaluators.py
 
 
@@ -99,11 +99,11 @@ def test_no_classification_metrics_without_a_trained_classifier():
   """An untrained classifier's accuracy would be noise in the records: it is left out."""
   confusion = np.array([[3, 1], [0, 4]])
   acc = {'confusion': confusion, 'losses': {'contrastive': [6.0, 3.0]}}
-  only = classification.summarize(acc, config_utils.objectives_config(classification=0.0,
+  only = classification.summarize(acc, objectives.objectives_config(classification=0.0,
                                                                    contrastive=1.0))
   assert only == {'num_examples': 8, 'loss': 2.0, 'loss_contrastive': 2.0}
   acc['losses']['classification'] = [3.0, 3.0]
-  both = classification.summarize(acc, config_utils.objectives_config(contrastive=1.0))
+  both = classification.summarize(acc, objectives.objectives_config(contrastive=1.0))
   assert both['accuracy'] == 7 / 8 and both['loss'] == 3.0 and both['loss_classification'] == 1.0
 
 
@@ -186,7 +186,7 @@ def test_model_and_loss_for_each_contrastive_loss(loss):
   logit_scale for it and `compute` must not ask for one."""
   from crossmodal.models import model as model_lib  # pylint: disable=import-outside-toplevel
   config = tiny_config()
-  cfg = config_utils.objectives_config(classification=0.0, contrastive=1.0)
+  cfg = objectives.objectives_config(classification=0.0, contrastive=1.0)
   cfg.contrastive.loss = loss
   model = model_lib.build_model(config.model, 4, objectives=cfg)
   rng = np.random.default_rng(0)

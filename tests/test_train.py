@@ -33,7 +33,7 @@ from conftest import REPO, SYNTHETIC, assert_trees_bitwise_equal, tiny_config
 
 
 def _optim(**kw):
-  return config_utils.optim_config(**kw)
+  return optim.optim_config(**kw)
 
 
 def test_warmup_cosine_and_constant_schedules():

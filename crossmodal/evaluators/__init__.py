@@ -19,7 +19,6 @@ metrics.jsonl / TensorBoard, split `<name>` in the loop and `eval_<name>` at the
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 import ml_collections
@@ -82,7 +81,8 @@ def best_metric(name: str, built: list[tuple[str, common.Evaluator, int]]) -> tu
   declared = {f'{n}/{m}': (mode, every, e.split) for n, e, every in built
               for m, mode in e.metrics().items()}
   if name not in declared:
-    in_loop = sorted(k for k, (_, every, _) in declared.items() if every)
+    in_loop = sorted(k for k, (_, every, split) in declared.items()
+                     if every and split != 'test')
     raise schema.ConfigError(f'{where}: no evaluator of config.evaluators declares it; the '
                              f'in-loop evaluators declare {in_loop}')
   mode, every, split = declared[name]
@@ -98,10 +98,6 @@ def best_metric(name: str, built: list[tuple[str, common.Evaluator, int]]) -> tu
   return name, mode
 
 
-def headlines() -> tuple[str, ...]:
-  """Regexes of the evaluator scalars that results tables show (`<name>/<metric>`)."""
-  return tuple(h for cls in REGISTRY.values() for h in cls.HEADLINES)
-
-
-def is_headline(column: str, patterns: tuple[str, ...] | None = None) -> bool:
-  return any(re.search(h, column) for h in (headlines() if patterns is None else patterns))
+def headlines() -> dict[str, tuple[str, ...]]:
+  """{evaluator type: regexes of the metrics that results tables show}."""
+  return {kind: cls.HEADLINES for kind, cls in REGISTRY.items()}

@@ -9,6 +9,7 @@ from them in NumPy, so accuracy, macro-F1 and the per-class numbers agree by con
 """
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -66,6 +67,8 @@ def _select_for(num_classes: int, objectives: Any):
   key = json.dumps([num_classes, schema.as_dict(objectives) if objectives else None],
                    sort_keys=True, default=str)
   if key not in _SELECTS:
+    objectives = copy.deepcopy(objectives)  # what the key says, whatever happens to the config
+
     def select(out, batch, axis_name):
       labels = batch['label']
       mask = batch['mask'] if 'mask' in batch else jnp.ones(labels.shape, jnp.bool_)

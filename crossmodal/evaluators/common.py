@@ -13,6 +13,7 @@ and returns {metric: value}; `metrics()` declares its scalars and which way is b
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
@@ -39,7 +40,8 @@ _FROM_RUN = ('self', 'model', 'objectives', 'data')
 
 class Evaluator:
   """Base class. Subclasses add keyword options to `__init__` and check them there."""
-  # Regexes (re.search) of the scalars that results tables show (crossmodal/ablate.py).
+  # Regexes (re.search) of the reported scalars that results tables show (crossmodal/ablate.py
+  # prefixes them with the entry's name); may include reference values such as chance levels.
   HEADLINES: tuple[str, ...] = ()
 
   def __init__(self, model: Any, objectives: Any = None, data: Any = None, *,
@@ -73,24 +75,30 @@ class Evaluator:
 def build(name: str, options: Any, registry: Mapping[str, type[Evaluator]], model: Any,
           objectives: Any = None, data: Any = None) -> tuple[Evaluator, int]:
   """(evaluator, every) for `config.evaluators.<name>`; ConfigError naming a bad option."""
-  values = schema.as_dict(options)
-  kind = values.pop('type', '') or name
-  every = values.pop('every', 0)
   where = f'config.evaluators.{name}'
+  if name == 'train' or name.startswith('eval_'):  # the loop's own record names
+    raise schema.ConfigError(f'{where}: the name is taken by the training log (train) or the '
+                             'final records (eval_<name>); rename the entry')
+  values = schema.as_dict(options)
+  kind = values.get('type') or name
   if kind not in registry:
     raise schema.ConfigError(f'{where}.type={kind!r}: unknown evaluator; valid choices: '
                              f'{sorted(registry)}')
   cls = registry[kind]
-  if not (schema.integer(every) and every >= 0):
-    raise schema.ConfigError(f'{where}.every={every!r}: must be an int >= 0 (0 = only on the '
-                             'checkpoint evaluated after training)')
-  values = schema.check(where, values, cls.options(),
-                        choices={'split': SPLITS} if 'split' in cls.options() else None)
+  values = schema.check(
+      where, values, {**COMMON_OPTIONS, **cls.options()},
+      choices={'split': SPLITS} if 'split' in cls.options() else None,
+      rules={'every': (lambda v: v >= 0, 'must be an int >= 0 (0 = only on the checkpoint '
+                                         'evaluated after training)')})
+  every = values.pop('every')
+  del values['type']
   try:
     evaluator = cls(model, objectives, data, **values)
   except _OptionError as e:
     raise schema.ConfigError(f'{where}{"." + e.option if e.option else ""}: {e.why}') from None
-  return evaluator, int(every)
+  except (ValueError, TypeError) as e:  # e.g. a dataset that cannot serve the evaluator
+    raise schema.ConfigError(f'{where}: {e}') from e
+  return evaluator, every
 
 
 class _OptionError(Exception):
@@ -201,18 +209,19 @@ class Predict:
     batches (noise); present_fn(batch_size) gives the modality mask."""
     collected: dict[str, list[np.ndarray]] = {}
     seen = 0
-    for i, batch in enumerate(batches):
-      if max_examples and seen >= max_examples:
-        break
-      batch = {'mask': np.ones(len(batch['label']), bool), **batch}
-      if transform is not None:
-        batch = transform(batch, i)
-      present = None if present_fn is None else present_fn(len(batch['label']))
-      got = self(select, batch, present, keep, attention)
-      mask = got.pop('mask').astype(bool)
-      for key, value in got.items():
-        collected.setdefault(key, []).append(value[mask])
-      seen += int(mask.sum())
+    with _closing(batches):
+      for i, batch in enumerate(batches):
+        if max_examples and seen >= max_examples:
+          break
+        batch = {'mask': np.ones(len(batch['label']), bool), **batch}
+        if transform is not None:
+          batch = transform(batch, i)
+        present = None if present_fn is None else present_fn(len(batch['label']))
+        got = self(select, batch, present, keep, attention)
+        mask = got.pop('mask').astype(bool)
+        for key, value in got.items():
+          collected.setdefault(key, []).append(value[mask])
+        seen += int(mask.sum())
     result = {k: np.concatenate(v) for k, v in collected.items()}
     if max_examples:
       result = {k: v[:max_examples] for k, v in result.items()}
@@ -226,13 +235,19 @@ class Predict:
     engine = self._engine
     step = engine.sum_step(select)
     acc = engine.strategy.put_accumulator(zeros)
-    for i, batch in enumerate(batches):
-      if max_batches and i >= max_batches:
-        break
-      acc = step(self._device_state, engine.strategy.put_batch(batch), acc)
-      if engine.sync:
-        jax.block_until_ready(acc)
+    with _closing(batches):
+      for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+          break
+        acc = step(self._device_state, engine.strategy.put_batch(batch), acc)
+        if engine.sync:
+          jax.block_until_ready(acc)
     return engine.strategy.fetch(acc)
+
+
+def _closing(batches: Iterable[dict]):
+  """Closes a pass left early (a limit, an error) now rather than when it is collected."""
+  return contextlib.closing(batches) if hasattr(batches, 'close') else contextlib.nullcontext()
 
 
 def passes(open_pipeline: Callable[[], Any]) -> Callable[[], Iterator[dict]]:

@@ -12,7 +12,7 @@ from crossmodal.evaluators import common
 
 class Evaluator(common.Evaluator):
   """Options: split; per_class (decoded examples per row of the picture)."""
-  HEADLINES = (r'^reconstruction/(mse|nearest_class_mean_accuracy)$',)
+  HEADLINES = (r'^(mse|nearest_class_mean_accuracy)$',)
 
   def __init__(self, model, objectives=None, data=None, *, split: str = 'test',
                per_class: int = 8):

@@ -17,9 +17,8 @@ from crossmodal.evaluators import common
 
 class Evaluator(common.Evaluator):
   """Options: split, pair (two modalities), ks, block, picture_queries (text->image PNG)."""
-  HEADLINES = (r'^retrieval/[a-z]+_to_[a-z]+/instance/recall@(1|10)$',
-               r'^retrieval/[a-z]+_to_[a-z]+/class/(recall@1|median_rank)$',
-               r'^retrieval/chance/class_recall@1$')
+  HEADLINES = (r'^[a-z]+_to_[a-z]+/instance/recall@(1|10)$',
+               r'^[a-z]+_to_[a-z]+/class/(recall@1|median_rank)$', r'^chance/class_recall@1$')
 
   def __init__(self, model, objectives=None, data=None, *, split: str = 'test',
                pair: tuple[str, ...] = ('audio', 'image'), ks: tuple[int, ...] = (1, 5, 10),

@@ -34,8 +34,7 @@ def area(modality: str, kind: str | None = None) -> str:
 
 class Evaluator(common.Evaluator):
   """Options: split, levels (0 to 1), max_examples (0 = all), seed, noises {modality: kinds}."""
-  HEADLINES = (r'^robustness/(clean|missing_[a-z]+)/accuracy$',
-               r'^robustness/[a-z]+/relative_robustness$')
+  HEADLINES = (r'^(clean|missing_[a-z]+)/accuracy$', r'^[a-z]+/relative_robustness$')
 
   def __init__(self, model, objectives=None, data=None, *, split: str = 'test',
                levels: tuple[float, ...] = LEVELS, max_examples: int = 0, seed: int = 0,

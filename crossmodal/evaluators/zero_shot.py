@@ -13,7 +13,7 @@ from crossmodal.evaluators import common
 
 class Evaluator(common.Evaluator):
   """Options: split; template (one '{}' for the class name)."""
-  HEADLINES = (r'^zero_shot/(accuracy|majority_class/accuracy)$',)
+  HEADLINES = (r'^(accuracy|majority_class/accuracy)$',)
 
   def __init__(self, model, objectives=None, data=None, *, split: str = 'test',
                template: str = '{}'):
@@ -33,7 +33,10 @@ class Evaluator(common.Evaluator):
       self.fail(f"{template!r}: needs exactly one '{{}}' for the class name", 'template')
     if data is not None:
       from crossmodal.data import datasets  # pylint: disable=import-outside-toplevel
-      datasets.check_class_name_text(data)
+      try:
+        datasets.check_class_name_text(data)
+      except ValueError as e:
+        self.fail(str(e))
 
   def metrics(self) -> dict[str, str]:
     return {'accuracy': common.MAX, 'top5_accuracy': common.MAX}

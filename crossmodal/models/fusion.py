@@ -340,7 +340,14 @@ class LowRankTensorFusion(_FusionBase):
 
 
 class _AttentionFusionBase(_FusionBase):
-  """Shared pieces of the token-level fusions: embeddings, class tokens, pooling."""
+  """Shared pieces of the token-level fusions: embeddings, class tokens, pooling; and the
+  fields of their transformer layers."""
+  num_layers: int = 2
+  num_heads: int = 4
+  positional_embeddings: bool = True
+  dropout: float = 0.1
+  pooling: str = 'cls'
+  mlp_ratio: int = 4
   positive = ('num_layers', 'num_heads', 'mlp_ratio')
   choices = {'pooling': POOLINGS}
 
@@ -407,16 +414,10 @@ class CrossAttentionFusion(_AttentionFusionBase):
   'source_self_{l}/{source}', 'self_{j}/{target}'.
   """
   direction: str = 'both'
-  num_layers: int = 2
-  num_heads: int = 4
   kv_source: str = 'first_layer'
   combine: str = 'concat_proj'
   self_attention_layers: int = 1
   modality_embeddings: bool = True
-  positional_embeddings: bool = True
-  dropout: float = 0.1
-  pooling: str = 'cls'
-  mlp_ratio: int = 4
   choices = {'direction': DIRECTIONS, 'kv_source': KV_SOURCES, 'combine': COMBINES,
              'pooling': POOLINGS}
   non_negative = ('self_attention_layers',)
@@ -504,13 +505,7 @@ class JointAttentionFusion(_AttentionFusionBase):
   fused [B, D]. Attention keys: 'layer_{l}', weights over [class token;] tokens of
   modalities[0]; tokens of modalities[1]; ...
   """
-  num_layers: int = 2
-  num_heads: int = 4
   modality_embeddings: bool = True
-  positional_embeddings: bool = True
-  dropout: float = 0.1
-  pooling: str = 'cls'
-  mlp_ratio: int = 4
 
   @nn.compact
   def __call__(self, encoded, present=None, train: bool = False, return_attention: bool = False):
@@ -540,14 +535,8 @@ class BottleneckFusion(_AttentionFusionBase):
   num_bottlenecks then has no effect). Per-modality pooled features (class token or mean)
   are averaged over present modalities: fused [B, D]. Attention keys: 'layer_{l}/{m}'.
   """
-  num_layers: int = 2
   fusion_layer: int = 1
   num_bottlenecks: int = 4
-  num_heads: int = 4
-  positional_embeddings: bool = True
-  dropout: float = 0.1
-  pooling: str = 'cls'
-  mlp_ratio: int = 4
   positive = ('num_layers', 'num_heads', 'mlp_ratio', 'num_bottlenecks')
   non_negative = ('fusion_layer',)
 
