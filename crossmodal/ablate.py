@@ -21,7 +21,7 @@ recorded, without checkpoints, to a small tree that can be committed and later c
 under a root, so a study continues across machines that do not share a disk.
 
 Results come from each workdir: `metrics.jsonl` (test accuracy / macro-F1 of the checkpoint
-chosen by validation accuracy: the `eval_test` record written by `--mode=train_and_eval`; the
+chosen by `train.best_metric`: the `eval_test` record written by `--mode=train_and_eval`; the
 final periodic test accuracy; the validation curve; training examples/s), `run_info.json`
 (parameter count, git commit) and `sweep_status.json` (wall time summed over attempts). The
 scalar results of the other evaluators (`eval_retrieval`, `eval_robustness`, ...:

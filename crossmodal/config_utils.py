@@ -234,10 +234,18 @@ NOT_THE_EXPERIMENT = ('data.data_dir', 'data.manual_dir', 'data.worker_count', '
 def experiment_changes(recorded: Mapping[str, Any], config: Any) -> list[str]:
   """What makes `config` another experiment than the `recorded` config.json, as 'dotted.key:
   old -> new' per differing leaf; NOT_THE_EXPERIMENT and fields the recorded config predates
-  (added to the code since, at their defaults unless set) do not count."""
+  (added to the code since, at their defaults unless set) do not count. The options of the
+  evaluator that `train.best_metric` reads (but its cadence, `every`) do count: they decide
+  which checkpoint is best, and ranks computed two ways would not compare."""
   new = config if isinstance(config, Mapping) else to_dict(config)
   recorded = _upgrade(recorded)
-  how = lambda key: any(key == k or key.startswith(k + '.') for k in NOT_THE_EXPERIMENT)
+  best = (new.get('train') or {}).get('best_metric') or ''
+  ranking = f'evaluators.{best.split("/", 1)[0]}.' if best else None
+
+  def how(key: str) -> bool:
+    if ranking and key.startswith(ranking) and key != ranking + 'every':
+      return False
+    return any(key == k or key.startswith(k + '.') for k in NOT_THE_EXPERIMENT)
   return [f'{key}: {json.dumps(a)} -> {json.dumps(b)}'
           for key, a, b in _leaf_diffs(recorded, new) if not how(key) and a is not _ABSENT]
 

@@ -11,7 +11,8 @@ A type can be switched too, with the new type's fields overridable on the same c
 says what happens to the old type's fields).
 
 Modes: train (the loop, with periodic evaluation), eval (evaluate --checkpoint=latest|best|<step>
-of the workdir), train_and_eval (train, then evaluate the best-by-validation checkpoint).
+of the workdir), train_and_eval (train, then run every evaluator on the --checkpoint, by
+default the best by `config.train.best_metric`).
 Starting again on the same workdir resumes from its latest checkpoint.
 
 Multi-host: --distributed on a Cloud TPU VM slice (or Slurm / Open MPI), where JAX detects the

@@ -64,7 +64,8 @@ class RunResult:
   state: TrainState
   metrics: dict[str, dict[str, Any]]  # the last in-loop evaluation, {evaluator: summary}
   preempted: bool = False  # stopped early by SIGTERM (state saved at `step`)
-  final: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # checkpoint's
+  # Every evaluator on the checkpoint chosen after training, {evaluator: summary}.
+  final: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- building
@@ -222,7 +223,6 @@ class _Run:
     self.config = config
     self._sources: dict[str, Any] = {}
     datasets, _ = _data()
-    datasets.check_available(config.data)  # before TFDS would retry a download for minutes
     # Opening a split first prepares the dataset if needed (AV-MNIST: a one-time build).
     self.source('validation')
     self.num_classes = int(datasets.dataset_info(config.data).num_classes)
@@ -234,7 +234,7 @@ class _Run:
     eval_model = build_model(config, self.num_classes, axis_name=None)
     self.evaluators = evaluators_lib.build_all(config.get('evaluators'), eval_model,
                                                self.objectives, config.data)
-    self.engine = evaluators_lib.common.Engine(
+    self.engine = evaluators_lib.Engine(
         self.model, eval_model, self.strategy,
         lambda state: _variables(state.params, state.batch_stats), self.sync)
 
@@ -267,8 +267,8 @@ class _Run:
     return jax.jit(init, out_shardings=self.strategy.replicated)(rng)
 
   def evaluate(self, device_state: Any, step: int, writer: metrics_lib.MetricWriter | None,
-               prefix: str = '', due: Callable[[int], bool] = lambda every: True,
-               workdir: str = '') -> dict[str, dict[str, Any]]:
+               workdir: str, prefix: str = '',
+               due: Callable[[int], bool] = lambda every: True) -> dict[str, dict[str, Any]]:
     """Runs the evaluators for which `due(every)` holds on `device_state` (the training
     layout), writing each one's record as split `<prefix><name>` (unless `writer` is None);
     {name: summary}."""
@@ -277,7 +277,7 @@ class _Run:
     for name, evaluator, every in self.evaluators:
       if not due(every):
         continue
-      batches = evaluators_lib.common.passes(functools.partial(self.batches, evaluator.split))
+      batches = evaluators_lib.passes(functools.partial(self.batches, evaluator.split))
       results[name] = evaluator.run(predict, batches, workdir)
       if writer is not None:
         writer.write(step, prefix + name, results[name])
@@ -315,6 +315,7 @@ def train_and_evaluate(config: Any, workdir: str, *, final_checkpoint: str | int
   has been saved as due (tests use it to interrupt a run at an exact step).
   """
   checked = check_config(config)
+  _data()[0].check_available(config.data)  # before TFDS would retry a download for minutes
   with checkpointing.WorkdirLock(workdir):
     run = _Run(config)
     ckpt = make_checkpointer(config, workdir, checked)
@@ -324,7 +325,7 @@ def train_and_evaluate(config: Any, workdir: str, *, final_checkpoint: str | int
       if final_checkpoint is not None and not result.preempted:
         state, meta = _restore(run, ckpt, final_checkpoint)
         result.final = run.evaluate(run.strategy.put_state(state), int(meta['step']), writer,
-                                    prefix='eval_', workdir=workdir)
+                                    workdir, prefix='eval_')
       return result
     finally:
       ckpt.close()
@@ -407,7 +408,7 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
         summary['lr'] = float(optim.current_lr(config.optim, tc.num_steps, step - 1))
         writer.write(step, 'train', summary)
       if do_eval:
-        eval_metrics = run.evaluate(device_state, step, writer, due=due, workdir=workdir)
+        eval_metrics = run.evaluate(device_state, step, writer, workdir, due=due)
         throughput.reset(step)  # evaluation time is not training throughput
       if do_save or stop:
         ckpt.save(step, strategy.global_state(device_state), pipeline_position=batches.position,
@@ -419,8 +420,8 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
         break
     if step == start_step and start_step >= tc.num_steps:
       logging.info('workdir already trained to step %d; evaluating only', start_step)
-      eval_metrics = run.evaluate(device_state, step, writer=None,
-                                  due=lambda every: bool(every), workdir=workdir)
+      eval_metrics = run.evaluate(device_state, step, None, workdir,
+                                  due=lambda every: bool(every))
     ckpt.wait_until_finished()
   finally:
     preemption.close()
@@ -445,6 +446,7 @@ def _restore(run: _Run, ckpt: checkpointing.Checkpointer, checkpoint: str | int)
 def restore_state(config: Any, workdir: str, checkpoint: str | int = 'latest'):
   """(run, state, meta) of a checkpoint in `workdir`: 'latest', 'best' or a step number."""
   checked = check_config(config)
+  _data()[0].check_available(config.data)
   run = _Run(config)
   ckpt = make_checkpointer(config, workdir, checked)
   try:
@@ -454,13 +456,13 @@ def restore_state(config: Any, workdir: str, checkpoint: str | int = 'latest'):
   return run, state, meta
 
 
-def evaluate(config: Any, workdir: str, checkpoint: str | int = 'best') -> dict[str, Any]:
+def evaluate(config: Any, workdir: str, checkpoint: str | int = 'latest') -> dict[str, Any]:
   """Runs every evaluator of `config.evaluators` on a checkpoint of `workdir`, writing the
   results to metrics.jsonl/TensorBoard as splits 'eval_<name>'; returns {name: summary}."""
   run, state, meta = restore_state(config, workdir, checkpoint)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   try:
-    return run.evaluate(run.strategy.put_state(state), int(meta['step']), writer,
-                        prefix='eval_', workdir=workdir)
+    return run.evaluate(run.strategy.put_state(state), int(meta['step']), writer, workdir,
+                        prefix='eval_')
   finally:
     writer.close()

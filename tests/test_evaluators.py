@@ -207,7 +207,7 @@ def test_evaluator_config_errors():
   with error(r"config.evaluators.fid.type='fid': unknown evaluator; valid choices: \['attention'"):
     build({'fid': {}})
   with error(r"config.evaluators.retrieval: unknown option\(s\) \['k'\]; valid options: "
-             r"\['block', 'ks', 'pair', 'picture_queries', 'split'\]"):
+             r"\['block', 'every', 'ks', 'pair', 'picture_queries', 'split', 'type'\]"):
     build({'retrieval': {'k': 3}})
   with error(r"config.evaluators.retrieval.split='val': valid choices"):
     build({'retrieval': {'split': 'val'}})

@@ -182,6 +182,14 @@ def test_experiment_changes_ignore_paths_cadence_and_fields_added_since():
   assert config_utils.experiment_changes(recorded, config) == [
       f'model.dim: {recorded["model"]["dim"]} -> 12',
       f'optim.b1: {json.dumps(recorded["optim"]["b1"])} -> 0.5']
+  # Evaluators read the state and never change it, except that the one best_metric reads
+  # ranks the checkpoints: its options (not its cadence) are part of the experiment.
+  config = tiny_config()
+  config.evaluators.test.max_batches, config.evaluators.validation.every = 1, 3
+  assert config_utils.experiment_changes(recorded, config) == []
+  config.evaluators.validation.max_batches = 1
+  assert config_utils.experiment_changes(recorded, config) == [
+      'evaluators.validation.max_batches: 0 -> 1']
 
 
 def test_resuming_with_another_config_is_refused_naming_the_difference(trained, tmp_path):

@@ -31,6 +31,7 @@ from crossmodal.evaluators import reconstruction
 from crossmodal.evaluators import retrieval
 from crossmodal.evaluators import robustness
 from crossmodal.evaluators import zero_shot
+from crossmodal.evaluators.common import Engine, Predict, passes  # what the loop uses
 
 REGISTRY: dict[str, type[common.Evaluator]] = {
     'classification': classification.Evaluator,
