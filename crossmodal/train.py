@@ -17,7 +17,6 @@ killed at any step and restarted ends with bitwise the same parameters as one th
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable
 
@@ -277,7 +276,7 @@ class _Run:
     for name, evaluator, every in self.evaluators:
       if not due(every):
         continue
-      batches = evaluators_lib.passes(functools.partial(self.batches, evaluator.split))
+      batches = evaluators_lib.passes(self.batches, evaluator.split)
       results[name] = evaluator.run(predict, batches, workdir)
       if writer is not None:
         writer.write(step, prefix + name, results[name])

@@ -6,8 +6,9 @@ itself against; `run(predict, batches, workdir)` then gets
   predict   a `Predict`: compiled forward passes of one trained state that return only what
             the evaluator's `select(outputs)` picks (`over` a whole split, or one batch),
             plus on-device sums (`sums`) for evaluators that only count
-  batches   a callable that opens one ordered pass over the evaluator's split (this process's
-            share, the last batch padded and marked by `mask`)
+  batches   a callable that opens one ordered pass over the evaluator's split, or over
+            `batches(split)` another one (this process's share, the last batch padded and
+            marked by `mask`)
   workdir   where pictures go (`<workdir>/eval/`)
 and returns {metric: value}; `metrics()` declares its scalars and which way is better.
 """
@@ -250,11 +251,15 @@ def _closing(batches: Iterable[dict]):
   return contextlib.closing(batches) if hasattr(batches, 'close') else contextlib.nullcontext()
 
 
-def passes(open_pipeline: Callable[[], Any]) -> Callable[[], Iterator[dict]]:
-  """batches() for an evaluator: each call is one pass over a freshly opened pipeline,
+def passes(open_pipeline: Callable[[str], Any], split: str
+           ) -> Callable[..., Iterator[dict]]:
+  """batches(split=None) for an evaluator: each call is one ordered pass over a freshly opened
+  pipeline of `split` (default: the evaluator's own, e.g. a linear probe also reads 'train'),
   closed when the pass ends or is abandoned."""
-  def batches() -> Iterator[dict]:
-    pipeline = open_pipeline()
+  default = split
+
+  def batches(split: str | None = None) -> Iterator[dict]:
+    pipeline = open_pipeline(split or default)
     try:
       yield from pipeline
     finally:
