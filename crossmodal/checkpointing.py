@@ -299,6 +299,9 @@ class Checkpointer:
             "process_count": jax.process_count(),
             "device_count": jax.device_count(),
             "saved_at": time.time(),
+            # How this run ranks its checkpoints, for a run that starts from one of them.
+            "best": {"metric": self.best_metric, "mode": self.best_mode} if self.keep_best
+            else None,
         }
         ranked = None
         value = _lookup_metric(metrics, self.best_metric)
@@ -335,6 +338,47 @@ class Checkpointer:
         the missing, unexpected and shape/dtype-mismatched parameters if the checkpoint
         was written for a different tree (another model or config).
         """
+        step = self._resolve_step(step, best)
+        self.check_compatible(target_state, step)
+        abstract = jax.tree.map(_abstract_leaf, target_state)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
+            ),
+        )
+        meta = dict(restored[_META])
+        return restored[_STATE], int(meta["pipeline_position"]), meta
+
+    def restore_stored(self, step: int | None = None, best: bool = False,
+                       sharding: jax.sharding.Sharding | None = None) -> tuple[Any, dict]:
+        """`(tree, meta)`: the state of a step as the checkpoint stores it (nested dicts:
+        'params', 'batch_stats', 'opt_state', ...), shaped by its own metadata, so no target
+        is needed: for taking parts of another run's parameters (`train.init_from`). Arrays
+        get `sharding` (default: the first local device)."""
+        step = self._resolve_step(step, best)
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        stored = self._manager.item_metadata(step)[_STATE]
+        stored = getattr(stored, "tree", stored)
+        abstract = jax.tree.map(
+            lambda md: jax.ShapeDtypeStruct(tuple(md.shape), md.dtype, sharding=sharding),
+            stored)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
+            ),
+        )
+        return restored[_STATE], dict(restored[_META])
+
+    def meta(self, step: int) -> dict:
+        """The JSON metadata saved with `step` (no arrays are read)."""
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
+        return dict(restored[_META])
+
+    def _resolve_step(self, step: int | None, best: bool) -> int:
+        """`step`, else the best step if `best`, else the latest; FileNotFoundError if none."""
         self._check_open()
         # A save of this very step may still be in flight.
         self._manager.wait_until_finished()
@@ -358,16 +402,7 @@ class Checkpointer:
                 raise FileNotFoundError(
                     f"No checkpoint for step {step} in {self.directory}; steps present: {steps}"
                 )
-        self.check_compatible(target_state, step)
-        abstract = jax.tree.map(_abstract_leaf, target_state)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
-            ),
-        )
-        meta = dict(restored[_META])
-        return restored[_STATE], int(meta["pipeline_position"]), meta
+        return step
 
     def check_compatible(self, target_state: Any, step: int) -> None:
         """Raises ValueError if the stored tree at `step` differs from `target_state`'s."""

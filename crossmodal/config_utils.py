@@ -116,7 +116,7 @@ class _Errors:
 _number, _int = schema.number, schema.integer
 
 
-SECTIONS = ('seed', 'data', 'model', 'objectives', 'optim', 'train', 'evaluators')
+SECTIONS = ('seed', 'data', 'model', 'objectives', 'optim', 'train', 'evaluators', 'init_from')
 # Loop options that config.evaluators took over (2026-12): where each one went.
 MOVED_TO_EVALUATORS = {
     'eval_every': 'config.evaluators.<name>.every (per evaluator)',
@@ -163,7 +163,9 @@ def validate(config: Any, device_count: int | None = None,
                'checkpoint_every': schema.int_at_least(0), 'keep_checkpoints':
                schema.int_at_least(1), 'async_checkpoints': schema.BOOL,
                'modality_dropout': (schema.FRACTION[0], 'must be in [0, 1) (probability of '
-                                    'hiding each modality of a training example)')})
+                                    'hiding each modality of a training example)'),
+               'frozen': (lambda v: all(isinstance(p, str) for p in v),
+                          'must be a tuple of regular expressions over parameter paths')})
     moved = sorted(set(schema.as_dict(train)) & set(MOVED_TO_EVALUATORS))
     e.messages += [f'config.train.{key} moved to {MOVED_TO_EVALUATORS[key]}' for key in moved]
   unknown = sorted(set(schema.as_dict(config)) - set(SECTIONS))
@@ -450,6 +452,7 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
       parallel='jit',  # or 'pmap'
       sync_every_step='auto',  # block on each step's loss on CPU with >1 device (architecture.md)
       dtype='float32',  # compute dtype; 'bfloat16' keeps params/optimizer state float32
+      frozen=(),  # regexes over parameter paths that get no update (transfer.py; LiT)
   ))
   c.update(overrides)
   return c

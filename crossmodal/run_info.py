@@ -61,12 +61,15 @@ def host_cpu() -> str:
   return platform.processor() or platform.machine()
 
 
-def write(workdir: str, params: Any, parallel: str) -> None:
-  """Writes run_info.json for a run whose parameters are `params` (a pytree)."""
+def write(workdir: str, params: Any, parallel: str, frozen: tuple[str, ...] = ()) -> None:
+  """Writes run_info.json for a run whose parameters are `params` (a pytree); `frozen`:
+  config.train.frozen (the counts of frozen and trainable parameters)."""
   import jax  # pylint: disable=g-import-not-at-top
+  from crossmodal import transfer  # pylint: disable=g-import-not-at-top
   from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
   info = {'num_params': model_lib.count_params(params),
           'params_by_part': model_lib.param_counts_by_part(params),
+          'params_frozen_trainable': transfer.counts(params, frozen),
           'device_count': jax.device_count(), 'process_count': jax.process_count(),
           'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
           'host_cpu': host_cpu(), 'parallel': parallel, 'code': code_version()}

@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable
 
 from absl import logging
+from etils import epath
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ from crossmodal import objectives as objectives_lib
 from crossmodal import optim
 from crossmodal import parallel
 from crossmodal import run_info
+from crossmodal import transfer
 
 CHECKPOINT_DIR = 'checkpoints'
 
@@ -112,7 +114,8 @@ def modality_dropout_mask(rng: jax.Array, batch_size: int, num_modalities: int,
 
 
 def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | None,
-                    modality_dropout: float = 0.0, objectives: Any = None):
+                    modality_dropout: float = 0.0, objectives: Any = None,
+                    frozen_labels: Any = None):
   """(state, batch) -> (state, metrics). Under pmap (`axis_name` set) gradients, metrics and
   BatchNorm statistics are averaged over devices; under jit XLA reduces the global batch.
 
@@ -120,6 +123,8 @@ def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | No
   sum, and each one's loss is logged as `loss_<objective>`.
   modality_dropout: probability of hiding each modality of each training example from the
   fusion (through the model's `present` mask), so the model learns to cope without it.
+  frozen_labels: 'frozen' / 'trainable' per parameter (transfer.frozen_labels), so that the
+  logged grad_norm is that of the gradients that are applied.
   """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -150,6 +155,9 @@ def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | No
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
+    if frozen_labels is not None:
+      grads = jax.tree.map(lambda g, label: g if label == 'trainable' else jnp.zeros_like(g),
+                           grads, frozen_labels)
     metrics = {'loss': loss, **aux, 'grad_norm': optax.tree.norm(grads)}
     return new_state, parallel.pmean_if(metrics, axis_name)
 
@@ -207,6 +215,7 @@ def check_config(config: Any) -> list[tuple[str, Any, int]]:
     if isinstance(e, config_utils.ConfigError):
       raise
     raise config_utils.ConfigError(str(e)) from e
+  transfer.check_config(config.get('init_from', {}), config.train.frozen)
   built = evaluators_lib.build_all(config.get('evaluators'), model, config.get('objectives'),
                                    config.data)
   if config.train.best_metric:
@@ -227,7 +236,15 @@ class _Run:
     self.num_classes = int(datasets.dataset_info(config.data).num_classes)
     self.strategy = parallel.make_parallel(config.train.parallel)
     self.model = build_model(config, self.num_classes, self.strategy.axis_name)
+    self.frozen, self.frozen_labels = tuple(config.train.frozen), None
     self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    if self.frozen:  # locked parameters; locked encoders run in inference mode (transfer.py)
+      params = self.initial_state(abstract=True, tx=optax.identity()).params
+      transfer.check_frozen(params, self.frozen)
+      self.frozen_labels = transfer.frozen_labels(params, self.frozen)
+      self.model = self.model.clone(frozen_encoders=transfer.frozen_encoders(params,
+                                                                             self.frozen))
+      self.tx = transfer.lock(self.tx, params, self.frozen)
     self.sync = parallel.resolve_sync_every_step(config.train.sync_every_step)
     self.objectives = config.get('objectives')
     eval_model = build_model(config, self.num_classes, axis_name=None)
@@ -246,8 +263,9 @@ class _Run:
   def batches(self, split: str, training: bool = False, start_index: int = 0):
     return make_batches(self.config, self.source(split), training, start_index)
 
-  def initial_state(self, abstract: bool = False) -> Any:
-    """Freshly initialised state as replicated global arrays (the checkpoint layout).
+  def initial_state(self, abstract: bool = False, tx: Any = None) -> Any:
+    """The state a fresh run starts from, as replicated global arrays (the checkpoint
+    layout): initialised from the seed, then `config.init_from` applied (transfer.py).
 
     abstract=True: only shapes, dtypes and shardings (a restore target; nothing compiled).
     """
@@ -256,14 +274,23 @@ class _Run:
       sample = next(pipeline)  # fixes input shapes only
     finally:
       pipeline.close()
-    init = make_init_fn(self.model, self.tx, sample)
+    tx = tx or self.tx
+    init = make_init_fn(self.model, tx, sample)
     rng = jax.random.PRNGKey(self.config.seed)
+    replicated = self.strategy.replicated
     if abstract:
       shapes = jax.eval_shape(init, rng)
-      return jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.strategy.replicated),
-          shapes)
-    return jax.jit(init, out_shardings=self.strategy.replicated)(rng)
+      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          shapes)
+    state = jax.jit(init, out_shardings=replicated)(rng)
+    if not self.config.get('init_from'):
+      return state
+    params, batch_stats, done = transfer.apply(self.config.init_from, state.params,
+                                               state.batch_stats, replicated)
+    for line in done:
+      logging.info('%s', line)
+    return state.replace(params=params, batch_stats=batch_stats,
+                         opt_state=jax.jit(tx.init, out_shardings=replicated)(params))
 
   def evaluate(self, device_state: Any, step: int, writer: metrics_lib.MetricWriter | None,
                workdir: str, prefix: str = '',
@@ -314,6 +341,8 @@ def train_and_evaluate(config: Any, workdir: str, *, final_checkpoint: str | int
   has been saved as due (tests use it to interrupt a run at an exact step).
   """
   checked = check_config(config)
+  if config.get('init_from') and not (epath.Path(workdir) / CHECKPOINT_DIR).exists():
+    transfer.check_sources(config.init_from)  # a fresh start reads them
   _data()[0].check_available(config.data)  # before TFDS would retry a download for minutes
   with checkpointing.WorkdirLock(workdir):
     run = _Run(config)
@@ -347,12 +376,13 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
   writer.discard_after(start_step)  # records after the checkpoint (if any) are redone now
   if jax.process_index() == 0:  # After a successful restore: a mismatched config never lands.
     config_utils.write_config(config, workdir)
-    run_info.write(workdir, state.params, tc.parallel)
+    run_info.write(workdir, state.params, tc.parallel, frozen=run.frozen)
   device_state = strategy.put_state(state)
   del state
 
   train_step = strategy.train_step(make_train_step(run.model, run.tx, strategy.axis_name,
-                                                   tc.modality_dropout, run.objectives))
+                                                   tc.modality_dropout, run.objectives,
+                                                   run.frozen_labels))
   batches = run.batches('train', training=True, start_index=position)
   throughput = metrics_lib.Throughput(config.data.global_batch_size, start_step)
   pending: list[Any] = []  # per-step device metrics not yet fetched

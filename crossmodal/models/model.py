@@ -47,7 +47,8 @@ class CrossModalModel(nn.Module):
   Outputs: `logits`; `embeddings`: each modality's pooled vector (under an attention fusion
   conv encoders compute none unless `pooled` asks for them: they stop at their token stage, so
   their modality is absent); `aux_logits` {modality: [B, C]} with `aux_heads`; `logit_scale`
-  (the learned inverse temperature, clipped) with `logit_scale_init`; `reconstruction`
+  (the learned inverse temperature, clipped) with `logit_scale_init`; `logit_bias` (the
+  sigmoid contrastive loss's learned bias) with `logit_bias_init`; `reconstruction`
   [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths).
 
   encoders: {modality: encoder config} (encoders.encoder_config); fusion: a fusion config
@@ -66,7 +67,10 @@ class CrossModalModel(nn.Module):
   pooled: bool = False  # every encoder computes its pooled vector (embedding objectives)
   aux_heads: bool = False
   logit_scale_init: float | None = None
+  logit_bias_init: float | None = None  # the sigmoid contrastive loss's learned bias
   decoder: tuple[str, str, tuple[int, ...]] | None = None
+  # Modalities whose encoder is locked (config.train.frozen): run in inference mode.
+  frozen_encoders: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], present: jax.Array | None = None,
@@ -92,7 +96,7 @@ class CrossModalModel(nn.Module):
                                            axis_name=self.axis_name, with_tokens=with_tokens,
                                            with_pooled=self.pooled or not with_tokens,
                                            name=f'{m}_encoder')
-      encoded[m] = encoder(batch[m], train=train)
+      encoded[m] = encoder(batch[m], train=train and m not in self.frozen_encoders)
     fusion = fusion_lib.build_fusion(self.fusion, modalities=self.modalities,
                                      num_classes=self.num_classes, head_hidden=self.head,
                                      dropout=self.dropout, dtype=self.dtype, name='fusion')
@@ -114,6 +118,9 @@ class CrossModalModel(nn.Module):
       log_scale = self.param('logit_scale', nn.initializers.constant(
           np.log(self.logit_scale_init)), ())
       out['logit_scale'] = jnp.minimum(jnp.exp(log_scale), objectives_lib.MAX_LOGIT_SCALE)
+    if self.logit_bias_init is not None:
+      out['logit_bias'] = self.param('logit_bias', nn.initializers.constant(
+          self.logit_bias_init), ())
     if self.decoder is not None:
       source, target, hidden = self.decoder
       out['reconstruction'] = Decoder(tuple(batch[target].shape[1:]), hidden, dtype=self.dtype,
@@ -130,7 +137,10 @@ def _as_mapping(cfg: Any) -> Mapping[str, Any]:
 def objective_heads(objectives: Mapping[str, Any] | None,
                     modalities: Sequence[str]) -> dict[str, Any]:
   """The model fields `config.objectives` asks for (pooled, aux_heads, logit_scale_init,
-  decoder); ConfigError if an objective is invalid for the model's modalities."""
+  logit_bias_init, decoder); ConfigError if an objective is invalid for the model's
+  modalities. A learned temperature starts at objectives.initial_temperature (InfoNCE 0.07,
+  sigmoid 0.1: SigLIP's log-temperature log 10); the sigmoid loss adds a learned bias
+  starting at `sigmoid_bias` (SigLIP: -10), the other losses none."""
   objectives_lib.check_config(objectives, modalities)
   active = objectives_lib.active(objectives)
   fields: dict[str, Any] = {}
@@ -138,8 +148,11 @@ def objective_heads(objectives: Mapping[str, Any] | None,
     fields.update(pooled=True, aux_heads=True)
   if 'contrastive' in active:
     fields['pooled'] = True
-    if objectives_lib.learns_temperature(objectives.contrastive):
-      fields['logit_scale_init'] = 1.0 / float(objectives.contrastive.temperature)
+    c = objectives.contrastive
+    if objectives_lib.learns_temperature(c):
+      fields['logit_scale_init'] = 1.0 / objectives_lib.initial_temperature(c)
+      if c.loss == 'sigmoid':
+        fields['logit_bias_init'] = float(c.sigmoid_bias)
   if 'reconstruction' in active:
     r = objectives.reconstruction
     fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden)))
