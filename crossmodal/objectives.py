@@ -3,9 +3,12 @@
   classification      cross-entropy of the fusion's classifier (the default, weight 1)
   aux_classification  mean cross-entropy of one linear head per modality on its pooled vector
   contrastive         align two modalities' pooled vectors: symmetric InfoNCE (CLIP: cosine
-                      similarity times a learned inverse temperature) or a triplet margin loss;
-                      InfoNCE's positives are the paired examples, or every same-class pair
-                      (`same_class_positives`: uniform soft targets over them); the triplet
+                      similarity times a learned inverse temperature), the sigmoid loss
+                      (SigLIP: an independent binary term per pair, with a learned inverse
+                      temperature and bias; see `sigmoid_contrastive`) or a triplet margin
+                      loss; InfoNCE's positives are the paired examples, or every same-class
+                      pair (`same_class_positives`: uniform soft targets over them; for the
+                      sigmoid loss each same-class pair is a positive term); the triplet
                       hinge compares the paired example with each negative, and
                       `same_class_positives` only removes same-class keys from the negatives.
                       The hinge is averaged over all negatives, active or not, so its
@@ -18,7 +21,10 @@ compares every example with every other across devices and hosts. Under pmap eac
 gathers the other devices' vectors (`lax.all_gather`) and scores its own queries against all
 of them; the gather's transpose sends each device's share of the gradient back, so the pmean'd
 gradient equals the single-device one when every device holds the same number of real
-examples, as in training (tests/test_objectives.py, on 8 devices).
+examples, as in training (tests/test_objectives.py, on 8 devices). The sigmoid loss gathers
+nothing: the other devices' keys travel round a ring (`lax.ppermute`), one device's block at a
+time, and at most SIGMOID_KEY_CHUNK keys are scored at once, so no device holds more than an
+[n, min(n, chunk)] block of logits (n: its own queries).
 
 Every objective returns (sum over this device's examples, their count), so training divides
 and evaluation accumulates over a whole split; padded eval examples (`mask` False) count
@@ -36,10 +42,11 @@ import optax
 from crossmodal import schema
 
 OBJECTIVES = ('classification', 'aux_classification', 'contrastive', 'reconstruction')
-CONTRASTIVE_LOSSES = ('infonce', 'triplet')
+CONTRASTIVE_LOSSES = ('infonce', 'sigmoid', 'triplet')
 DECODABLE = ('image',)  # modalities the reconstruction decoder can produce (an MLP to pixels)
 MAX_LOGIT_SCALE = 100.0  # CLIP clips the learned inverse temperature here
 _NEG = -1e9  # logit of a padded key
+SIGMOID_KEY_CHUNK = 1024  # keys the sigmoid loss scores per step: a [queries, chunk] block
 WHERE = 'config.objectives'
 
 
@@ -53,9 +60,13 @@ def objectives_config(**weights: float) -> ml_collections.ConfigDict:
       aux_classification=dict(weight=0.0),  # a linear head per modality on its pooled vector
       contrastive=dict(
           weight=0.0, pair=('audio', 'image'),
-          loss='infonce',  # or 'triplet' (margin loss on cosine similarity)
-          temperature=0.07,  # initial value when learned (CLIP)
-          learn_temperature=True,
+          loss='infonce',  # or 'sigmoid' (SigLIP), 'triplet' (margin loss on cosine similarity)
+          temperature=0.07,  # infonce: initial value when learned, else fixed (CLIP)
+          learn_temperature=True,  # sigmoid: the bias too
+          # sigmoid only, initial values when learned, else fixed (SigLIP: logit scale
+          # t = 1/0.1 = 10, i.e. log-temperature t' = log 10, and bias b = -10)
+          sigmoid_temperature=0.1,
+          sigmoid_bias=-10.0,
           margin=0.2,  # triplet only
           same_class_positives=False),  # with labels: every same-class pair is a positive
       reconstruction=dict(weight=0.0, source='audio', target='image', hidden=(512,)),
@@ -70,6 +81,7 @@ def objectives_config(**weights: float) -> ml_collections.ConfigDict:
 
 
 _RULES = {'weight': schema.at_least(0), 'temperature': schema.POSITIVE,
+          'sigmoid_temperature': schema.POSITIVE,
           'margin': schema.at_least(0), 'hidden': schema.ints_at_least(1),
           'pair': ((lambda v: len(v) == 2 and len(set(v)) == 2),
                    'must be two different modalities')}
@@ -118,9 +130,18 @@ def active(cfg: Mapping[str, Any] | None) -> tuple[str, ...]:
 
 
 def learns_temperature(contrastive_cfg: Mapping[str, Any]) -> bool:
-  """Whether the model carries a learned logit scale for the contrastive loss: only InfoNCE
-  has a temperature (the triplet hinge compares raw cosine similarities)."""
-  return bool(contrastive_cfg['learn_temperature']) and contrastive_cfg['loss'] == 'infonce'
+  """Whether the model carries a learned logit scale for the contrastive loss (and, for the
+  sigmoid loss, a learned bias): InfoNCE and the sigmoid loss have a temperature, the triplet
+  hinge compares raw cosine similarities."""
+  return (bool(contrastive_cfg['learn_temperature'])
+          and contrastive_cfg['loss'] in ('infonce', 'sigmoid'))
+
+
+def initial_temperature(contrastive_cfg: Mapping[str, Any]) -> float:
+  """The temperature the contrastive loss starts from (its fixed value when not learned):
+  `sigmoid_temperature` for the sigmoid loss, `temperature` otherwise."""
+  key = 'sigmoid_temperature' if contrastive_cfg['loss'] == 'sigmoid' else 'temperature'
+  return float(contrastive_cfg[key])
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -159,14 +180,20 @@ def _one_direction(queries, keys_all, own, positives, key_mask, *, loss: str, sc
 def contrastive(a: jax.Array, b: jax.Array, *, loss: str = 'infonce', scale: Any = 1.0,
                 margin: float = 0.2, labels: jax.Array | None = None,
                 same_class_positives: bool = False, mask: jax.Array | None = None,
-                axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+                axis_name: str | None = None, bias: Any = 0.0,
+                key_chunk: int = SIGMOID_KEY_CHUNK) -> tuple[jax.Array, jax.Array]:
   """Symmetric contrastive loss between paired rows of `a` and `b` [n, D] (this device's).
 
   scale: inverse temperature (InfoNCE logits = scale * cosine). Returns (sum of the per-query
-  loss averaged over both directions a->b and b->a, number of real queries).
+  loss averaged over both directions a->b and b->a, number of real queries). The sigmoid loss
+  (`bias`, `key_chunk`) is `sigmoid_contrastive`'s.
   """
   if loss not in CONTRASTIVE_LOSSES:
     raise ValueError(f'contrastive loss {loss!r}; valid choices: {CONTRASTIVE_LOSSES}')
+  if loss == 'sigmoid':
+    return sigmoid_contrastive(a, b, scale=scale, bias=bias, labels=labels,
+                               same_class_positives=same_class_positives, mask=mask,
+                               axis_name=axis_name, key_chunk=key_chunk)
   n = a.shape[0]
   mask = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
   a, b = l2_normalize(a), l2_normalize(b)
@@ -187,6 +214,91 @@ def contrastive(a: jax.Array, b: jax.Array, *, loss: str = 'infonce', scale: Any
   return (per_query * w).sum(), w.sum()
 
 
+def _sigmoid_rows(queries, query_index, query_labels, keys, key_index, key_labels, key_mask,
+                  *, scale, bias, same_class: bool, chunk: int) -> jax.Array:
+  """Per-query sum [n] over the real keys of -log sigmoid(z * (scale * cosine + bias)), z = +1
+  for a positive (the key with the query's index, or with `same_class` its label), -1
+  otherwise. At most `chunk` keys are scored at a time (a scan over key blocks, each block
+  recomputed in the backward pass rather than stored), so the logits held are [n, chunk]."""
+
+  def block(k, k_index, k_labels, k_mask):
+    logits = (queries @ k.T) * scale + bias  # [n, c]
+    positive = query_index[:, None] == k_index[None, :]
+    if same_class:
+      positive = positive | (query_labels[:, None] == k_labels[None, :])
+    loglik = jax.nn.log_sigmoid(jnp.where(positive, logits, -logits))
+    return -jnp.where(k_mask[None, :], loglik, 0.0).sum(-1)
+
+  m = keys.shape[0]
+  if m <= chunk:
+    return block(keys, key_index, key_labels, key_mask)
+  steps = -(-m // chunk)
+  pad = steps * chunk - m  # padded keys: masked, with an index no query has
+
+  def blocks(x, fill):
+    x = jnp.concatenate([x, jnp.full((pad,) + x.shape[1:], fill, x.dtype)]) if pad else x
+    return x.reshape((steps, chunk) + x.shape[1:])
+
+  xs = (blocks(keys, 0), blocks(key_index, -1), blocks(key_labels, 0), blocks(key_mask, False))
+  step = jax.checkpoint(block)
+  total, _ = jax.lax.scan(lambda acc, x: (acc + step(*x), None),
+                          jnp.zeros(queries.shape[:1], jnp.float32), xs)
+  return total
+
+
+def sigmoid_contrastive(a: jax.Array, b: jax.Array, *, scale: Any = 10.0, bias: Any = -10.0,
+                        labels: jax.Array | None = None, same_class_positives: bool = False,
+                        mask: jax.Array | None = None, axis_name: str | None = None,
+                        key_chunk: int = SIGMOID_KEY_CHUNK) -> tuple[jax.Array, jax.Array]:
+  """SigLIP's sigmoid loss (Zhai et al. 2023) between paired rows of `a` and `b` [n, D].
+
+  With x_i, y_j the unit-length rows of a and b over the global batch B of real examples,
+  t = `scale` (the learned logit scale, exp of the log-temperature) and b = `bias`:
+      loss = -1/|B| sum_i sum_j log sigmoid(z_ij (t x_i.y_j + b)),
+  z_ij = +1 for the paired example (and, with `same_class_positives`, every same-class pair),
+  -1 otherwise. This is the paper's Algorithm 1 and big_vision's siglip.py (logits
+  t x.y + b; the row sums of the [B, B] log-likelihood averaged over the B rows), i.e. a sum
+  over all pairs divided by the batch size, not by |B|^2 nor by the number of positives.
+  The sum over all pairs has no direction, so a's rows are scored against b's alone.
+
+  Returns (this device's real queries' share of the sum, their count): padded examples
+  (`mask` False) count neither as queries nor as keys. Under jit the batch is global; at most
+  `key_chunk` keys are scored at once. Under pmap (`axis_name`) each device scores its own
+  queries against its own keys, then against each other device's in turn as b's rows travel
+  round the ring (`lax.ppermute`, size - 1 steps; its transpose returns each key's gradient
+  to its device), so no device holds the global [B, D] keys or more than [n, min(n, chunk)]
+  logits.
+  """
+  n = a.shape[0]
+  mask = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
+  if same_class_positives and labels is None:
+    raise ValueError('same_class_positives needs labels')
+  labels = jnp.zeros((n,), jnp.int32) if labels is None else labels
+  a, b = l2_normalize(a), l2_normalize(b)
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+  index = offset + jnp.arange(n)
+  keys = (b, index, labels, mask)
+
+  def rows(k, k_index, k_labels, k_mask):
+    return _sigmoid_rows(a, index, labels, k, k_index, k_labels, k_mask, scale=scale,
+                         bias=bias, same_class=same_class_positives, chunk=key_chunk)
+
+  per_query = rows(*keys)
+  if axis_name is not None and jax.lax.axis_size(axis_name) > 1:
+    size = jax.lax.axis_size(axis_name)
+    ring = [(i, (i + 1) % size) for i in range(size)]
+    remat_rows = jax.checkpoint(rows)  # keep [n, D] keys per step, not [n, n] logits
+
+    def visit(carry, _):
+      acc, held = carry
+      held = jax.lax.ppermute(held, axis_name, ring)  # the previous device's block
+      return (acc + remat_rows(*held), held), None
+
+    (per_query, _), _ = jax.lax.scan(visit, (per_query, keys), None, length=size - 1)
+  w = mask.astype(jnp.float32)
+  return (per_query * w).sum(), w.sum()
+
+
 def _per_example(values: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   w = jnp.ones(values.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
   return (values * w).sum(), w.sum()
@@ -203,7 +315,7 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
             batch: Mapping[str, jax.Array], mask: jax.Array | None = None,
             axis_name: str | None = None) -> dict[str, tuple[jax.Array, jax.Array]]:
   """{objective: (sum, count)} for every objective with a positive weight (model outputs
-  `out`: logits, aux_logits, embeddings, logit_scale, reconstruction)."""
+  `out`: logits, aux_logits, embeddings, logit_scale, logit_bias, reconstruction)."""
   labels = batch['label']
   losses = {}
   for name in active(cfg):
@@ -215,11 +327,13 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
     elif name == 'contrastive':
       c = cfg.contrastive
       first, second = c.pair
-      scale = out['logit_scale'] if learns_temperature(c) else 1.0 / c.temperature
+      learned = learns_temperature(c)
+      scale = out['logit_scale'] if learned else 1.0 / initial_temperature(c)
+      bias = (out['logit_bias'] if learned else c.sigmoid_bias) if c.loss == 'sigmoid' else 0.0
       losses[name] = contrastive(
           out['embeddings'][first], out['embeddings'][second], loss=c.loss, scale=scale,
           margin=c.margin, labels=labels, same_class_positives=c.same_class_positives,
-          mask=mask, axis_name=axis_name)
+          mask=mask, axis_name=axis_name, bias=bias)
     elif name == 'reconstruction':
       target = batch[cfg.reconstruction.target]
       losses[name] = _per_example(reconstruction_error(out['reconstruction'], target), mask)

@@ -59,6 +59,37 @@ def test_contrastive_matches_numpy(loss, same_class):
   assert float(got[1]) == want[1] == 10
 
 
+def numpy_sigmoid(a, b, labels, mask, scale, bias, same_class):
+  """SigLIP's loss as the paper writes it, looping over every pair of real examples in float64:
+  sum_i sum_j -log sigmoid(z_ij (t x_i.y_j + b)) (training divides by the count |B|)."""
+  a, b = _unit(np.float64(a)), _unit(np.float64(b))
+  real = np.flatnonzero(mask)
+  total = 0.0
+  for i in real:
+    for j in real:
+      z = 1.0 if i == j or (same_class and labels[i] == labels[j]) else -1.0
+      total += np.log1p(np.exp(-z * (scale * float(a[i] @ b[j]) + bias)))
+  return total, float(len(real))
+
+
+@pytest.mark.parametrize('same_class', [False, True])
+@pytest.mark.parametrize('key_chunk', [objectives.SIGMOID_KEY_CHUNK, 5])
+def test_sigmoid_matches_numpy(same_class, key_chunk):
+  """Also when the keys are scored in chunks (5 of 12: a scan over 3 blocks, one padded)."""
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(12, 5)), rng.normal(size=(12, 5))
+  labels = rng.integers(0, 3, size=12)
+  mask = np.ones(12, bool)
+  mask[[3, 10]] = False  # padding: neither a query nor a key
+  got = objectives.contrastive(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+                               loss='sigmoid', scale=7.0, bias=-3.0, labels=jnp.asarray(labels),
+                               same_class_positives=same_class, mask=jnp.asarray(mask),
+                               key_chunk=key_chunk)
+  want = numpy_sigmoid(a, b, labels, mask, 7.0, -3.0, same_class)
+  np.testing.assert_allclose(float(got[0]), want[0], rtol=1e-5)
+  assert float(got[1]) == want[1] == 10
+
+
 def test_infonce_is_low_when_pairs_align_and_ln_n_at_chance():
   x = np.eye(8, dtype=np.float32)
   aligned, _ = objectives.contrastive(jnp.asarray(x), jnp.asarray(x), scale=50.0)
@@ -120,19 +151,27 @@ xa, xb = rng.normal(size=(n, 5)).astype(np.float32), rng.normal(size=(n, 7)).ast
 labels = rng.integers(0, 4, size=n).astype(np.int32)
 mask = np.ones(n, bool); mask[[5, 30]] = False
 params = {'wa': rng.normal(size=(5, d)).astype(np.float32),
-          'wb': rng.normal(size=(7, d)).astype(np.float32), 'scale': np.float32(4.0)}
+          'wb': rng.normal(size=(7, d)).astype(np.float32), 'scale': np.float32(4.0),
+          'bias': np.float32(-1.0)}  # the sigmoid loss's
+whole = objectives.SIGMOID_KEY_CHUNK
+# (loss, same_class_positives, key_chunk): the sigmoid loss also with 3-key chunks, so the jit
+# path and each of pmap's ring steps (4-example device blocks) scan over padded key chunks;
+# the reference scores all keys at once.
+cases = [(loss, same, whole) for loss in ('infonce', 'triplet', 'sigmoid')
+         for same in (False, True)] + [('sigmoid', True, 3)]
 out = {}
-for loss in ('infonce', 'triplet'):
-  for same in (False, True):
-    def local(p, xa, xb, labels, mask, axis_name=None):
+for loss, same, chunk in cases:
+    def local(p, xa, xb, labels, mask, axis_name=None, key_chunk=chunk):
       return objectives.contrastive(xa @ p['wa'], xb @ p['wb'], loss=loss, scale=p['scale'],
                                     margin=0.2, labels=labels, same_class_positives=same,
-                                    mask=mask, axis_name=axis_name)
-    def mean(p, *args, axis_name=None):
-      s, c = local(p, *args, axis_name=axis_name)
+                                    mask=mask, axis_name=axis_name, bias=p['bias'],
+                                    key_chunk=key_chunk)
+    def mean(p, *args, axis_name=None, key_chunk=chunk):
+      s, c = local(p, *args, axis_name=axis_name, key_chunk=key_chunk)
       return s / c
     args = (xa, xb, labels, mask)
-    ref_loss, ref_grad = jax.value_and_grad(mean)(params, *args)  # one device, whole batch
+    ref_loss, ref_grad = jax.value_and_grad(  # one device, whole batch, unchunked
+        lambda p, *a: mean(p, *a, key_chunk=whole))(params, *args)
 
     # jit with the batch sharded over the 8 devices: the global-array semantics.
     mesh = Mesh(np.array(jax.devices()), ('data',))
@@ -153,30 +192,43 @@ for loss in ('infonce', 'triplet'):
     def diff(g1, g2):
       return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
                  zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
-    out[f'{loss}_{same}'] = {
+    out[f'{loss}_{same}' + ('' if chunk == whole else f'_chunk{chunk}')] = {
         'ref': float(ref_loss), 'jit': float(jit_loss), 'pmap': float(pm_loss[0]),
         'jit_grad': diff(ref_grad, jit_grad), 'pmap_grad': diff(ref_grad, pm_grad),
         'grad_scale': max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(ref_grad))}
+    if loss == 'sigmoid':  # what one device's gradient program holds (per-device shapes)
+      jaxpr = str(jax.make_jaxpr(jax.pmap(jax.grad(lambda p, *a: local(p, *a, axis_name='data')[0]),
+                                          axis_name='data', in_axes=(None,) + (0,) * 4))(params, *split))
+      m = n // 8
+      out[f'{loss}_{same}' + ('' if chunk == whole else f'_chunk{chunk}')]['ring'] = {
+          'ppermute': 'ppermute' in jaxpr, 'all_gather': 'all_gather' in jaxpr,
+          'block': f'f32[{m},{min(m, chunk)}]' in jaxpr,
+          'wider': any(f'f32[{m},{w}]' in jaxpr for w in range(min(m, chunk) + 1, n + 1)
+                       if w != d)}  # [m, d]: the queries
 print(json.dumps(out))
 '''
 
 
 @pytest.mark.slow
 def test_global_negatives_on_8_devices():
-  """The pmap path (each device's queries against the all_gather'ed global batch) and the jit
-  path (sharded global arrays) give the single-device loss and gradient, with padding."""
+  """The pmap path (each device's queries against the all_gather'ed global batch; for the
+  sigmoid loss, against each device's keys in turn round the ppermute ring) and the jit path
+  (sharded global arrays) give the single-device loss and gradient, with padding."""
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
          'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run([sys.executable, '-c', _EIGHT_DEVICE_SCRIPT], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert len(results) == 4
+  assert len(results) == 7
   for name, r in results.items():
     assert r['grad_scale'] > 1e-3, name  # the comparison below is not of zeros
     np.testing.assert_allclose([r['jit'], r['pmap']], [r['ref']] * 2, rtol=1e-5, err_msg=name)
     assert r['jit_grad'] < 1e-5 * max(1.0, r['grad_scale']), (name, r)
     assert r['pmap_grad'] < 1e-5 * max(1.0, r['grad_scale']), (name, r)
+    if name.startswith('sigmoid'):  # keys came round the ring, one [n, min(n, chunk)] block
+      assert r['ring'] == {'ppermute': True, 'all_gather': False, 'block': True,
+                           'wider': False}, (name, r)
 
 
 @pytest.mark.parametrize('loss', ['infonce', 'triplet'])

@@ -7,6 +7,8 @@
   robustness      accuracy with a modality missing and under growing noise per modality
   reconstruction  images decoded from another modality: a picture and a class-mean score
   attention       pictures of an attention fusion's attention maps
+  linear_probe    accuracy of a ridge or logistic classifier fitted on the train split's frozen
+                  embeddings (a modality's pooled vector or the fused one)
 
 `config.evaluators.<name>` gives one evaluator's options; `type` says which class (default:
 the name itself, so `config.evaluators.retrieval` is a retrieval evaluator) and `every` how
@@ -27,6 +29,7 @@ from crossmodal import schema
 from crossmodal.evaluators import attention
 from crossmodal.evaluators import classification
 from crossmodal.evaluators import common
+from crossmodal.evaluators import linear_probe
 from crossmodal.evaluators import reconstruction
 from crossmodal.evaluators import retrieval
 from crossmodal.evaluators import robustness
@@ -40,6 +43,7 @@ REGISTRY: dict[str, type[common.Evaluator]] = {
     'robustness': robustness.Evaluator,
     'reconstruction': reconstruction.Evaluator,
     'attention': attention.Evaluator,
+    'linear_probe': linear_probe.Evaluator,
 }
 
 
