@@ -24,7 +24,8 @@ gradient equals the single-device one when every device holds the same number of
 examples, as in training (tests/test_objectives.py, on 8 devices). The sigmoid loss gathers
 nothing: the other devices' keys travel round a ring (`lax.ppermute`), one device's block at a
 time, and at most SIGMOID_KEY_CHUNK keys are scored at once, so no device holds more than an
-[n, min(n, chunk)] block of logits (n: its own queries).
+[n, min(n, chunk)] block of logits (n: its own queries; under jit XLA splits the query rows
+over the devices: [n, min(B, chunk)]).
 
 Every objective returns (sum over this device's examples, their count), so training divides
 and evaluation accumulates over a whole split; padded eval examples (`mask` False) count

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from crossmodal import config_utils
+from crossmodal import files
 from crossmodal import objectives
 from crossmodal import train
 from crossmodal.evaluators import classification
@@ -117,9 +118,11 @@ def test_weights_and_validation():
   base.objectives = objectives.objectives_config(contrastive=1.0)
   base.objectives.contrastive.loss = 'hinge'
   base.objectives.contrastive.pair = ('audio', 'audio')
+  base.objectives.contrastive.sigmoid_temperature = 0.0
   with pytest.raises(config_utils.ConfigError) as e:
     config_utils.validate(base)
   assert 'contrastive.loss' in str(e.value) and 'contrastive.pair' in str(e.value)
+  assert 'contrastive.sigmoid_temperature' in str(e.value)
   with pytest.raises(config_utils.ConfigError, match='unknown objective'):
     objectives.objectives_config(vae=1.0)
   base.objectives = objectives.objectives_config(classification=0.0, contrastive=1.0)
@@ -197,14 +200,15 @@ for loss, same, chunk in cases:
         'jit_grad': diff(ref_grad, jit_grad), 'pmap_grad': diff(ref_grad, pm_grad),
         'grad_scale': max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(ref_grad))}
     if loss == 'sigmoid':  # what one device's gradient program holds (per-device shapes)
-      jaxpr = str(jax.make_jaxpr(jax.pmap(jax.grad(lambda p, *a: local(p, *a, axis_name='data')[0]),
-                                          axis_name='data', in_axes=(None,) + (0,) * 4))(params, *split))
+      grad_fn = jax.grad(lambda p, *a: local(p, *a, axis_name='data')[0])
+      jaxpr = str(jax.make_jaxpr(jax.pmap(grad_fn, axis_name='data',
+                                          in_axes=(None,) + (0,) * 4))(params, *split))
       m = n // 8
       out[f'{loss}_{same}' + ('' if chunk == whole else f'_chunk{chunk}')]['ring'] = {
           'ppermute': 'ppermute' in jaxpr, 'all_gather': 'all_gather' in jaxpr,
           'block': f'f32[{m},{min(m, chunk)}]' in jaxpr,
           'wider': any(f'f32[{m},{w}]' in jaxpr for w in range(min(m, chunk) + 1, n + 1)
-                       if w != d)}  # [m, d]: the queries
+                       if w not in (5, 7, d))}  # [m, 5|7|d]: inputs, embeddings
 print(json.dumps(out))
 '''
 
@@ -231,22 +235,87 @@ def test_global_negatives_on_8_devices():
                            'wider': False}, (name, r)
 
 
-@pytest.mark.parametrize('loss', ['infonce', 'triplet'])
+@pytest.mark.parametrize('loss', ['infonce', 'sigmoid', 'triplet'])
 def test_model_and_loss_for_each_contrastive_loss(loss):
-  """The model's heads and `compute` agree for both losses under the default config
+  """The model's heads and `compute` agree for every loss under the default config
   (learn_temperature=True): the triplet loss has no temperature, so the model makes no
-  logit_scale for it and `compute` must not ask for one."""
+  logit_scale for it and `compute` must not ask for one; only the sigmoid loss has a bias,
+  and it starts from SigLIP's values (log-temperature log 10, so t = 10, and bias -10)."""
   from crossmodal.models import model as model_lib  # pylint: disable=import-outside-toplevel
   config = tiny_config()
   cfg = objectives.objectives_config(classification=0.0, contrastive=1.0)
   cfg.contrastive.loss = loss
   model = model_lib.build_model(config.model, 4, objectives=cfg)
-  rng = np.random.default_rng(0)
-  batch = {'image': rng.integers(0, 256, (6, 16, 16, 1)).astype(np.uint8),
-           'audio': rng.normal(size=(6, 800)).astype(np.float32),
-           'label': np.arange(6, dtype=np.int32) % 4}
+  batch = _tiny_batch()
   variables = model.init(jax.random.PRNGKey(0), batch)
   out = model.apply(variables, batch)
-  assert ('logit_scale' in out) == (loss == 'infonce')
+  assert ('logit_scale' in out) == (loss != 'triplet')
+  assert ('logit_bias' in out) == (loss == 'sigmoid')
+  if loss == 'sigmoid':
+    params = variables['params']
+    assert params['logit_scale'] == np.float32(np.log(10.0))
+    assert params['logit_bias'] == np.float32(-10.0)
+    np.testing.assert_allclose(out['logit_scale'], 10.0, rtol=1e-6)
+    assert out['logit_bias'] == -10.0
   s, c = objectives.compute(cfg, out, batch)['contrastive']
   assert c == 6 and np.isfinite(s) and s > 0
+  if loss == 'sigmoid':  # the model's scale and bias are the ones the loss uses
+    want = numpy_sigmoid(out['embeddings']['audio'], out['embeddings']['image'],
+                         batch['label'], np.ones(6, bool), float(out['logit_scale']), -10.0,
+                         False)
+    np.testing.assert_allclose(float(s), want[0], rtol=1e-5)
+
+
+def _tiny_batch(size=6):
+  rng = np.random.default_rng(0)
+  return {'image': rng.integers(0, 256, (size, 16, 16, 1)).astype(np.uint8),
+          'audio': rng.normal(size=(size, 800)).astype(np.float32),
+          'label': np.arange(size, dtype=np.int32) % 4}
+
+
+def test_only_the_sigmoid_loss_adds_a_bias_to_the_parameter_tree():
+  """Existing configs' parameter trees gain no leaf: InfoNCE adds only `logit_scale` to the
+  classifier's tree, the triplet loss (and a fixed temperature) nothing; the sigmoid loss adds
+  `logit_scale` and `logit_bias`, both scalars (none when its temperature is fixed)."""
+  from crossmodal.models import model as model_lib  # pylint: disable=import-outside-toplevel
+  config, batch = tiny_config(), _tiny_batch()
+
+  def tree(loss=None, learn=True):
+    cfg = None
+    if loss is not None:
+      cfg = objectives.objectives_config(classification=0.0, contrastive=1.0)
+      cfg.contrastive.update(loss=loss, learn_temperature=learn)
+    model = model_lib.build_model(config.model, 4, objectives=cfg)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
+    return {jax.tree_util.keystr(p): (x.shape, x.dtype)
+            for p, x in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+
+  base = tree()
+  scalar = ((), jnp.float32)
+  scale, bias = "['params']['logit_scale']", "['params']['logit_bias']"
+  assert scale not in base and bias not in base
+  assert tree('infonce') == {**base, scale: scalar}
+  assert tree('triplet') == tree('infonce', learn=False) == base
+  assert tree('sigmoid') == {**base, scale: scalar, bias: scalar}
+  assert tree('sigmoid', learn=False) == base
+
+
+def test_sigmoid_config_trains(tmp_path):
+  """A tiny audio-image run with the sigmoid loss alone: finite losses, and the learned
+  temperature and bias move from their initial values."""
+  config = tiny_config()
+  config.objectives = objectives.objectives_config(classification=0.0, contrastive=1.0)
+  config.objectives.contrastive.update(loss='sigmoid', pair=('audio', 'image'))
+  config.train.update(num_steps=4, log_every=2, checkpoint_every=4,
+                      best_metric='validation/loss')  # no classifier: no accuracy
+  for evaluator in config.evaluators.values():
+    evaluator.every = 4
+  result = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert result.step == 4
+  params = result.state.params
+  assert float(params['logit_bias']) != -10.0
+  assert float(params['logit_scale']) != np.float32(np.log(10.0))
+  records = [r for r in files.read_jsonl(str(tmp_path / 'w' / 'metrics.jsonl'))
+             if r['split'] == 'train']
+  assert records and all(np.isfinite(r['loss']) and 'accuracy' not in r for r in records)
+  assert np.isfinite(result.metrics['validation']['loss_contrastive'])
