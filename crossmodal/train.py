@@ -147,6 +147,8 @@ def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | No
         aux['accuracy'] = (jnp.argmax(out['logits'], -1) == batch['label']).mean()
       if 'logit_scale' in out:
         aux['temperature'] = 1.0 / out['logit_scale']
+      if 'logit_bias' in out:  # the sigmoid contrastive loss
+        aux['logit_bias'] = out['logit_bias']
       return objectives_lib.total(objectives, means), (updates.get('batch_stats', {}), aux)
 
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -4,7 +4,8 @@ alone (no classifier is trained), then evaluated by retrieval over the whole tes
   python -m crossmodal.main --config=experiments/avmnist_retrieval.py --workdir=runs/retrieval
 
 Presets (after ':', comma-separated): loss=infonce (CLIP-style symmetric InfoNCE with a
-learned temperature) | triplet (margin 0.2 on cosine similarity); labels=false (positives are
+learned temperature) | triplet (margin 0.2 on cosine similarity) | sigmoid (SigLIP: a
+learned temperature and bias, objectives.sigmoid_contrastive); labels=false (positives are
 the paired examples only: no labels used) | true (every same-class pair is a positive);
 variant, snr, subset, steps as in avmnist.py.
 
