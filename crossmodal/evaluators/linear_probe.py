@@ -82,13 +82,15 @@ class Evaluator(common.Evaluator):
     train = predict.over(select, batches(self.train_split),
                          max_examples=self.max_train_examples)
     test = predict.over(select, batches(), max_examples=self.max_examples)
-    if not len(train['label']):
+    if 'label' not in train:  # predict.over of a pass with no batches
       raise ValueError(f'linear_probe: split {self.train_split!r} has no examples to fit on')
     probe = fit(train['features'], train['label'], self.model.num_classes, self.method,
                 self.l2, self.steps)
-    return {'accuracy': accuracy(probe, test['features'], test['label']),
+    test_labels = test.get('label', np.zeros((0,), np.int64))
+    return {'accuracy': (accuracy(probe, test['features'], test_labels) if len(test_labels)
+                         else float('nan')),
             'train_accuracy': accuracy(probe, train['features'], train['label']),
-            'num_train': int(len(train['label'])), 'num_examples': int(len(test['label']))}
+            'num_train': int(len(train['label'])), 'num_examples': int(len(test_labels))}
 
 
 @functools.lru_cache(maxsize=None)
@@ -199,8 +201,6 @@ def logits(probe: Probe, features: jax.Array) -> jax.Array:
 
 
 def accuracy(probe: Probe, features: np.ndarray, labels: np.ndarray) -> float:
-  """Fraction of `labels` that the probe's top class matches (nan for no examples)."""
-  if not len(labels):
-    return float('nan')
+  """Fraction of `labels` [N > 0] that the probe's top class matches."""
   predicted = np.asarray(jnp.argmax(logits(probe, jnp.asarray(features, jnp.float32)), -1))
   return float(np.mean(predicted == np.asarray(labels)))

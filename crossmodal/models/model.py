@@ -44,9 +44,9 @@ class CrossModalModel(nn.Module):
   than classification need. Parameters stay float32; `dtype` is the compute dtype; outputs are
   float32.
 
-  Outputs: `logits`; `embeddings`: each modality's pooled vector (under an attention fusion
-  conv encoders compute none unless `pooled` asks for them: they stop at their token stage, so
-  their modality is absent); `aux_logits` {modality: [B, C]} with `aux_heads`; `logit_scale`
+  Outputs: `logits`; `fused` (the fusion's fused vector; None for late); `embeddings`: each
+  modality's pooled vector (under an attention fusion conv encoders compute none unless
+  `pooled` asks for them: they stop at their token stage, so their modality is absent); `aux_logits` {modality: [B, C]} with `aux_heads`; `logit_scale`
   (the learned inverse temperature, clipped) with `logit_scale_init`; `logit_bias` (the
   sigmoid contrastive loss's learned bias) with `logit_bias_init`; `reconstruction`
   [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths).
@@ -107,6 +107,8 @@ class CrossModalModel(nn.Module):
         # Per-modality pooled vectors; conv encoders under attention fusions compute none.
         'embeddings': {m: e.pooled.astype(jnp.float32) for m, e in encoded.items()
                        if e.pooled is not None},
+        # The fusion's fused vector [B, Df] (None for late fusion): what a linear probe reads.
+        'fused': None if fused['fused'] is None else fused['fused'].astype(jnp.float32),
     }
     if return_attention:
       out['attention'] = fused.get('attention', {})
