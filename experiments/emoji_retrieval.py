@@ -5,7 +5,14 @@ in-batch negatives over the global batch; no classifier is trained).
   python -m crossmodal.main --config=experiments/emoji_retrieval.py --workdir=runs/emoji_retrieval
 
 Presets (after ':', comma-separated): split, text, image_size, steps as in emoji.py;
-label=category|subcategory (what a hit "by class" and zero-shot classification mean).
+label=category|subcategory (what a hit "by class" and zero-shot classification mean);
+loss=infonce|sigmoid (SigLIP: learned temperature and bias); image_from=<workdir> starts the
+image encoder from that run's best checkpoint (e.g. an image-only classifier trained with
+experiments/emoji.py:modalities=image) and locked=true then freezes it: LiT, locked-image
+tuning (crossmodal/transfer.py). E.g.
+  python -m crossmodal.main --config=experiments/emoji.py:modalities=image --workdir=runs/lit/tower
+  python -m crossmodal.main --config=experiments/emoji_retrieval.py:image_from=runs/lit/tower,locked=true \
+      --workdir=runs/lit/locked
 
 Evaluators: retrieval over the whole test split in both directions (recall@1/5/10 and median
 rank, by instance: the entry's own image or name, and by class), with a picture of the top-5
@@ -27,6 +34,7 @@ import ml_collections
 from crossmodal import config_utils
 from crossmodal import evaluators
 from crossmodal import objectives
+from crossmodal import transfer
 
 _EMOJI = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                'emoji.py'), '_emoji_base_config')
@@ -34,11 +42,23 @@ _EMOJI = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath(_
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_utils.parse_arg(arg, split='held_out_twitter', text='name', label='category',
-                             image_size=32, steps=400)
+                             image_size=32, steps=400, loss='infonce', image_from='',
+                             locked=False)
+  if a.loss not in ('infonce', 'sigmoid'):
+    raise config_utils.ConfigError(f"emoji_retrieval.py: loss={a.loss!r}; valid choices: "
+                                   "('infonce', 'sigmoid')")
+  if a.locked and not a.image_from:
+    raise config_utils.ConfigError('emoji_retrieval.py: locked=true locks the image encoder '
+                                   'taken from image_from=<workdir>; give that run')
   config = _EMOJI.get_config(f'split={a.split},text={a.text},label={a.label},'
                              f'image_size={a.image_size},steps={a.steps}')
   config.objectives = objectives.objectives_config(classification=0.0, contrastive=1.0)
-  config.objectives.contrastive.pair = ('text', 'image')
+  config.objectives.contrastive.update(pair=('text', 'image'), loss=a.loss)
+  if a.image_from:
+    config.init_from = ml_collections.ConfigDict(
+        {'image_tower': transfer.init_from_config(a.image_from, 'best', source='image_encoder')})
+  if a.locked:
+    config.train.frozen = ('image_encoder/.*',)
   # The validation contrastive loss picks the checkpoint.
   config.train.best_metric = 'validation/loss'
   config.evaluators.retrieval = evaluators.evaluator_config('retrieval', pair=('text', 'image'),

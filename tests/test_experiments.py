@@ -18,7 +18,7 @@ from crossmodal import train
 from crossmodal.data import sources
 from crossmodal.models import fusion as fusion_lib
 from crossmodal.models import model as model_lib
-from conftest import REPO
+from conftest import REPO, assert_trees_bitwise_equal
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, 'experiments', '*.py')))
 SUBSET = 64
@@ -143,3 +143,23 @@ def test_every_sweep_variant_builds(path):
         node = node[p]
       node[leaf] = value
     train.check_config(config)
+
+
+@pytest.mark.slow
+def test_emoji_lit_presets_start_from_a_tower_and_lock_it(tmp_path_factory, tfds_dir):
+  """emoji_retrieval.py:image_from=<an image-only emoji run>,locked=true (LiT) trains with the
+  tower's image encoder, unchanged, and the sigmoid loss."""
+  if sources.resolve_manual_dir() is None:
+    pytest.fail(f'Data sources not found at {sources.default_shared_dir()}')
+  experiments = os.path.join(REPO, 'experiments')
+  tower = shorten(load(os.path.join(experiments, 'emoji.py')).get_config('modalities=image'),
+                  tfds_dir)
+  tower_dir = str(tmp_path_factory.mktemp('tower') / 'w')
+  train.train_and_evaluate(tower, tower_dir, final_checkpoint=None)
+  config = shorten(load(os.path.join(experiments, 'emoji_retrieval.py')).get_config(
+      f'image_from={tower_dir},locked=true,loss=sigmoid'), tfds_dir)
+  result = train.train_and_evaluate(config, str(tmp_path_factory.mktemp('lit') / 'w'))
+  _, tower_state, _ = train.restore_state(tower, tower_dir, 'best')
+  assert_trees_bitwise_equal(result.state.params['image_encoder'],
+                             tower_state.params['image_encoder'])
+  assert 'zero_shot' in result.final and 'logit_bias' in result.state.params
