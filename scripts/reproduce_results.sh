@@ -111,7 +111,28 @@ done
 run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval_last --report_only \
     || echo "[some runs of runs/emoji_retrieval_last are missing: see its results.md]"
 run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval_last --metrics=zero_shot/
+run python -m crossmodal.main --config=experiments/emoji.py:modalities=image --workdir=runs/lit/tower
+sweep --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_lit.py --seeds=3 --root=runs/lit
+run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_lit.py --seeds=3 --root=runs/lit --metrics=zero_shot/accuracy,recall@1$
+for variant in infonce infonce_tower infonce_lit sigmoid sigmoid_lit; do
+  case "$variant" in
+    infonce) preset=loss=infonce ;;
+    infonce_tower) preset=loss=infonce,image_from=runs/lit/tower ;;
+    infonce_lit) preset=loss=infonce,image_from=runs/lit/tower,locked=true ;;
+    sigmoid) preset=loss=sigmoid ;;
+    sigmoid_lit) preset=loss=sigmoid,image_from=runs/lit/tower,locked=true ;;
+  esac
+  for seed in 0 1 2; do
+    run mkdir -p "runs/lit_last/$variant"
+    once "lit_last_copy_${variant}_$seed" cp -r "runs/lit/$variant/seed$seed" "runs/lit_last/$variant/seed$seed"
+    once "lit_last_eval_${variant}_$seed" python -m crossmodal.main --config=experiments/emoji_retrieval.py:$preset \
+        --workdir="runs/lit_last/$variant/seed$seed" --mode=eval --checkpoint=latest --config.seed=$seed
+  done
+done
+run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_lit.py --seeds=3 --root=runs/lit_last --report_only
+run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_lit.py --seeds=3 --root=runs/lit_last --metrics=zero_shot/accuracy,recall@1$
 sweep --config=experiments/emoji.py --sweep=experiments/sweeps/emoji.py --seeds=3 --root=runs/emoji
+run python scripts/baselines.py --dataset=both --out=runs/baselines/baselines.md
 
 echo "Tables: runs/calibration, runs/fusion, runs/crossattn, runs/bottleneck, runs/robustness,"
 echo "runs/emoji_retrieval, runs/emoji_retrieval_last, runs/emoji (results.md in each);"
