@@ -202,6 +202,7 @@ class Checkpointer:
         best_metric: str = "validation/accuracy",
         best_mode: str = "max",
         async_save: bool = True,
+        read_only: bool = False,
     ):
         if best_mode not in _BEST_MODES:
             raise ValueError(f"Checkpointer: best_mode={best_mode!r}; valid choices: {_BEST_MODES}")
@@ -238,8 +239,11 @@ class Checkpointer:
             best_fn=best_fn,  # enables metrics tracking and best_step()
             best_mode=best_mode,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True,
+            # read_only: another run's checkpoints (train.init_from): never create, clean up
+            # (an in-flight save of that run would be deleted) or save anything there.
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
         )
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
         registry.add(_STATE, ocp.args.StandardSave, ocp.StandardCheckpointHandler)

@@ -241,8 +241,9 @@ class _Run:
     self.frozen, self.frozen_labels = tuple(config.train.frozen), None
     self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
     if self.frozen:  # locked parameters; locked encoders run in inference mode (transfer.py)
-      params = self.initial_state(abstract=True, tx=optax.identity()).params
-      transfer.check_frozen(params, self.frozen)
+      abstract = self.initial_state(abstract=True, tx=optax.identity())
+      params = abstract.params
+      transfer.check_frozen(params, abstract.batch_stats, self.frozen)
       self.frozen_labels = transfer.frozen_labels(params, self.frozen)
       self.model = self.model.clone(frozen_encoders=transfer.frozen_encoders(params,
                                                                              self.frozen))

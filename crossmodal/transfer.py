@@ -15,7 +15,9 @@ frozen: regular expressions, each matched in full (re.fullmatch) against paramet
 as 'image_encoder/conv_0/kernel'. Frozen parameters get no update and no optimizer state
 (optax.multi_transform with set_to_zero), and an encoder whose parameters are all frozen runs
 in inference mode (BatchNorm on its running statistics, which then stay as they are; no
-dropout). A pattern that matches no parameter is an error (a typo would freeze nothing).
+dropout). A pattern that matches no parameter is an error (a typo would freeze nothing), and
+so is freezing part of an encoder that has BatchNorm statistics (they would keep moving).
+The source run's directory is opened read-only: nothing there is created, cleaned or saved.
 """
 from __future__ import annotations
 
@@ -93,8 +95,11 @@ def frozen_labels(params: Any, patterns: Sequence[str]) -> Any:
                        else 'trainable'), params)
 
 
-def check_frozen(params: Any, patterns: Sequence[str]) -> None:
-  """ConfigError naming each pattern that matches no parameter path."""
+def check_frozen(params: Any, batch_stats: Any, patterns: Sequence[str]) -> None:
+  """ConfigError naming each pattern that matches no parameter path, and each part with
+  BatchNorm statistics that the patterns freeze only in part: its BatchNorm would keep
+  normalising with batch statistics and moving them, so the frozen layers' function would
+  change (freeze the whole part, which then runs in inference mode, or none of it)."""
   paths = param_paths(params)
   unused = [p for p in patterns if not any(re.fullmatch(p, path) for path in paths)]
   if unused:
@@ -102,6 +107,14 @@ def check_frozen(params: Any, patterns: Sequence[str]) -> None:
     raise schema.ConfigError(f'config.train.frozen: {unused} match no parameter (patterns are '
                              f"matched in full against paths like '{paths[0]}'; the top-level "
                              f'parts are {tops})')
+  labels = frozen_labels(params, patterns)
+  partly = [name for name, sub in labels.items() if name in (batch_stats or {})
+            and len(set(jax.tree.leaves(sub))) > 1]
+  if partly:
+    raise schema.ConfigError(f'config.train.frozen={tuple(patterns)} freezes {partly} only in '
+                             'part, and they have BatchNorm statistics, which would keep '
+                             "moving: freeze all of such a part (e.g. 'image_encoder/.*'), "
+                             'which then runs in inference mode, or none of it')
 
 
 def frozen_encoders(params: Any, patterns: Sequence[str]) -> tuple[str, ...]:
@@ -156,12 +169,14 @@ def _replace(tree: dict, path: str, value: Any) -> dict:
 def _ranking(workdir: str, meta: Mapping[str, Any]) -> tuple[str, str] | None:
   """(metric, mode) by which the run in `workdir` ranked its checkpoints, from the metadata
   it saved (older checkpoints lack it: then its config.json, and the rule of that time)."""
-  if meta.get('best'):
-    return meta['best']['metric'], meta['best']['mode']
+  if 'best' in meta:  # saved since 2026-12-04; None: that run kept no best
+    return (meta['best']['metric'], meta['best']['mode']) if meta['best'] else None
   try:
     config = json.loads((epath.Path(workdir) / 'config.json').read_text())
     metric = config['train']['best_metric']
   except (FileNotFoundError, KeyError, json.JSONDecodeError):
+    return None
+  if not metric:
     return None
   metric = metric if '/' in metric else f'validation/{metric}'
   return metric, 'min' if metric.endswith('/loss') else 'max'
@@ -173,7 +188,7 @@ def load(name: str, entry: Mapping[str, Any], sharding: Any) -> tuple[Any, Any, 
   where = f'config.init_from.{name}'
   directory = os.path.join(entry['workdir'], CHECKPOINT_DIR)
   with checkpointing.Checkpointer(directory, max_to_keep=None, keep_best=False,
-                                  async_save=False) as probe:
+                                  async_save=False, read_only=True) as probe:
     latest = probe.latest_step()
     if latest is None:
       raise schema.ConfigError(f'{where}.workdir={entry["workdir"]!r}: no checkpoint in '
@@ -185,8 +200,8 @@ def load(name: str, entry: Mapping[str, Any], sharding: Any) -> tuple[Any, Any, 
                              "no best checkpoint; use 'latest' or a step number")
   metric, mode = ranking or ('none', 'max')
   with checkpointing.Checkpointer(directory, max_to_keep=None, keep_best=ranking is not None,
-                                  best_metric=metric, best_mode=mode,
-                                  async_save=False) as ckpt:
+                                  best_metric=metric, best_mode=mode, async_save=False,
+                                  read_only=True) as ckpt:
     tree, meta = ckpt.restore_stored(step=int(which) if which.isdigit() else None,
                                      best=which == 'best', sharding=sharding)
   return tree['params'], tree.get('batch_stats') or {}, int(meta['step'])

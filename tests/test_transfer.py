@@ -74,6 +74,37 @@ def test_init_from_copies_the_tower_and_the_rest_starts_fresh(source_run):
              for k, v in _leaves(state.params['audio_encoder']).items() if v.size > 8)
 
 
+def test_init_from_a_step_number_and_the_source_left_untouched(source_run, tmp_path):
+  """checkpoint='8' takes step 8 (not the latest, 12), and reading the source run's directory
+  changes nothing there, not even an unfinished save in it."""
+  config, workdir, _ = source_run
+  source = str(tmp_path / 'source')
+  shutil.copytree(workdir, source)
+  in_flight = os.path.join(source, 'checkpoints', '16.orbax-checkpoint-tmp-123')
+  os.makedirs(in_flight)
+  before = sorted(os.listdir(os.path.join(source, 'checkpoints')))
+  lit = tiny_config()
+  lit.init_from = ml_collections.ConfigDict(
+      {'tower': transfer.init_from_config(source, '8', source='image_encoder')})
+  state = jax.device_get(train._Run(lit).initial_state())  # pylint: disable=protected-access
+  _, step8, _ = train.restore_state(config, workdir, 8)
+  _, step12, _ = train.restore_state(config, workdir, 'latest')
+  assert_trees_bitwise_equal(state.params['image_encoder'],
+                             jax.device_get(step8.params['image_encoder']))
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(state.params['image_encoder']),
+      jax.tree.leaves(jax.device_get(step12.params['image_encoder']))))
+  assert sorted(os.listdir(os.path.join(source, 'checkpoints'))) == before
+
+
+def test_best_of_another_run_is_ranked_as_that_run_ranked():
+  assert transfer._ranking('/nowhere', {'best': {'metric': 'retrieval/a_to_b/class/median_rank',
+                                                 'mode': 'min'}}) == (
+      'retrieval/a_to_b/class/median_rank', 'min')
+  assert transfer._ranking('/nowhere', {'best': None}) is None  # it kept no best
+  assert transfer._ranking('/nowhere', {}) is None  # older checkpoint, no config.json
+
+
 def test_lit_resumes_bitwise_and_never_applies_init_from_again(source_run, tmp_path):
   """A locked, copied image tower (LiT): interrupted at step 8 and resumed after the source
   run is gone, the run ends bitwise where an uninterrupted one does, tower unchanged."""
@@ -131,6 +162,9 @@ def test_bad_entries_and_patterns_are_config_errors(source_run, tmp_path):
              r'float32\[12\]'):
     train._Run(wider).initial_state()  # pylint: disable=protected-access
   config = tiny_config()
+  config.train.frozen = ('image_encoder/conv_0/.*',)  # part of an encoder with BatchNorm
+  with error(r"freezes \['image_encoder'\] only in part, and they have BatchNorm statistics"):
+    train._Run(config)  # pylint: disable=protected-access
   config.train.frozen = ('image_encodr/.*',)
   with error(r"config.train.frozen: \['image_encodr/.\*'\] match no parameter .*top-level "
              r"parts are \['audio_encoder', 'fusion', 'image_encoder'\]"):
