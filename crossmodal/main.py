@@ -148,6 +148,8 @@ def main(argv: Sequence[str]) -> None:
   checkpoint = int(which) if which.isdigit() else which
   if checkpoint not in ('latest', 'best') and not isinstance(checkpoint, int):
     _fail(f"--checkpoint={which!r}; valid choices: 'latest', 'best' or a step number")
+  if which == 'best' and not (config.get('train') or {}).get('best_metric', True):
+    which = 'latest'  # no best is kept ('' ranks nothing): 'best' means the latest
   logging.info('workdir %s, mode %s, %d devices over %d processes', workdir, mode,
                jax.device_count(), jax.process_count())
   try:
