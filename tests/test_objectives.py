@@ -44,14 +44,20 @@ def numpy_contrastive(a, b, labels, mask, loss, scale, margin, same_class):
   return total, float(len(real))
 
 
-@pytest.mark.parametrize('loss', ['infonce', 'triplet'])
-@pytest.mark.parametrize('same_class', [False, True])
-def test_contrastive_matches_numpy(loss, same_class):
+def _pairs():
+  """12 random pairs of 5-d vectors, labels of 3 classes, and a mask with 2 padding examples."""
   rng = np.random.default_rng(0)
   a, b = rng.normal(size=(12, 5)), rng.normal(size=(12, 5))
   labels = rng.integers(0, 3, size=12)
   mask = np.ones(12, bool)
-  mask[[3, 10]] = False  # padding: neither a query nor a negative
+  mask[[3, 10]] = False
+  return a, b, labels, mask
+
+
+@pytest.mark.parametrize('loss', ['infonce', 'triplet'])
+@pytest.mark.parametrize('same_class', [False, True])
+def test_contrastive_matches_numpy(loss, same_class):
+  a, b, labels, mask = _pairs()  # examples 3 and 10 are padding: neither query nor negative
   got = objectives.contrastive(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
                                loss=loss, scale=7.0, margin=0.3, labels=jnp.asarray(labels),
                                same_class_positives=same_class, mask=jnp.asarray(mask))
@@ -77,11 +83,7 @@ def numpy_sigmoid(a, b, labels, mask, scale, bias, same_class):
 @pytest.mark.parametrize('key_chunk', [objectives.SIGMOID_KEY_CHUNK, 5])
 def test_sigmoid_matches_numpy(same_class, key_chunk):
   """Also when the keys are scored in chunks (5 of 12: a scan over 3 blocks, one padded)."""
-  rng = np.random.default_rng(0)
-  a, b = rng.normal(size=(12, 5)), rng.normal(size=(12, 5))
-  labels = rng.integers(0, 3, size=12)
-  mask = np.ones(12, bool)
-  mask[[3, 10]] = False  # padding: neither a query nor a key
+  a, b, labels, mask = _pairs()  # examples 3 and 10 are padding: neither query nor key
   got = objectives.contrastive(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
                                loss='sigmoid', scale=7.0, bias=-3.0, labels=jnp.asarray(labels),
                                same_class_positives=same_class, mask=jnp.asarray(mask),
