@@ -15,6 +15,11 @@ Presets (after ':', comma-separated), e.g. --config=experiments/avmnist.py:fusio
   steps=<n>            training steps (default 2000, about 2.3 epochs of batch 64)
   evals=<a>+<b>        evaluators run on the best checkpoint after training and by --mode=eval
                        (crossmodal/evaluators/), e.g. robustness, retrieval, attention
+  probes=true          also a linear probe (ridge, fitted on train, tested on test) of each
+                       modality's pooled encoder output: evaluators probe_image, probe_audio
+  encoders_from=<dir>  start every encoder from that run's best checkpoint (e.g. a contrastive
+                       run of avmnist_retrieval.py); locked=true then freezes them (LiT), and
+                       without encoders_from locks them at their random initialisation
 Any field can still be overridden, e.g. --config.optim.lr=3e-4 --config.data.data_dir=/data/tfds.
 
 The default recipe is `pca5_snr-11`: MNIST images rebuilt from 5 principal components and
@@ -31,6 +36,7 @@ from crossmodal import config_utils
 from crossmodal import evaluators as evaluators_lib
 from crossmodal import objectives
 from crossmodal import optim
+from crossmodal import transfer
 from crossmodal.data import avmnist as avmnist_data
 from crossmodal.models import encoders as encoders_lib
 from crossmodal.models import fusion as fusion_lib
@@ -47,7 +53,7 @@ LENET_TOKEN_STAGES = {'image': 2, 'audio': 3}
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_utils.parse_arg(arg, fusion='concat', modalities=('image', 'audio'), image='lenet',
                              audio='lenet', variant=VARIANT, snr=SNR_DB, subset=0, steps=2000,
-                             evals=())
+                             evals=(), probes=False, encoders_from='', locked=False)
   _check('fusion', a.fusion, tuple(fusion_lib.FUSIONS))
   _check('image', a.image, tuple(encoders_lib.ENCODERS['image']))
   _check('audio', a.audio, tuple(encoders_lib.ENCODERS['audio']))
@@ -97,6 +103,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluators = evaluators_lib.classification_config(every=500)  # validation, test
   for name in a.evals:
     config.evaluators[name] = evaluators_lib.evaluator_config(name)
+  if a.probes:
+    for m in a.modalities:
+      config.evaluators[f'probe_{m}'] = evaluators_lib.evaluator_config('linear_probe', source=m)
+  if a.encoders_from:
+    config.init_from = ml_collections.ConfigDict({
+        f'{m}_tower': transfer.init_from_config(a.encoders_from, 'best', source=f'{m}_encoder')
+        for m in a.modalities})
+  if a.locked:
+    config.train.frozen = tuple(f'{m}_encoder/.*' for m in a.modalities)
   return config
 
 

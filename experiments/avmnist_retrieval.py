@@ -7,7 +7,7 @@ Presets (after ':', comma-separated): loss=infonce (CLIP-style symmetric InfoNCE
 learned temperature) | triplet (margin 0.2 on cosine similarity) | sigmoid (SigLIP: a
 learned temperature and bias, objectives.sigmoid_contrastive); labels=false (positives are
 the paired examples only: no labels used) | true (every same-class pair is a positive);
-variant, snr, subset, steps as in avmnist.py.
+variant, snr, subset, steps, probes as in avmnist.py.
 
 AV-MNIST pairs an image and a recording only by their digit, so an instance-level hit is
 luck (about 1 in 1,000 same-digit candidates); recall by class is the measure, against a
@@ -35,12 +35,13 @@ _AVMNIST = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_utils.parse_arg(arg, loss='infonce', labels=False, variant=_AVMNIST.VARIANT,
-                             snr=_AVMNIST.SNR_DB, subset=0, steps=2000)
+                             snr=_AVMNIST.SNR_DB, subset=0, steps=2000,
+                             probes=False)
   if a.loss not in objectives.CONTRASTIVE_LOSSES:
     raise config_utils.ConfigError(f'avmnist_retrieval.py: loss={a.loss!r}; valid choices: '
                                    f'{objectives.CONTRASTIVE_LOSSES}')
   config = _AVMNIST.get_config(f'variant={a.variant},snr={a.snr},subset={a.subset},'
-                               f'steps={a.steps}')
+                               f'steps={a.steps},probes={a.probes}')
   config.objectives = objectives.objectives_config(classification=0.0, contrastive=1.0)
   config.objectives.contrastive.update(loss=a.loss, same_class_positives=a.labels)
   # The validation contrastive loss picks the checkpoint.
