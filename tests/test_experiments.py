@@ -163,3 +163,28 @@ def test_emoji_lit_presets_start_from_a_tower_and_lock_it(tmp_path_factory, tfds
   assert_trees_bitwise_equal(result.state.params['image_encoder'],
                              tower_state.params['image_encoder'])
   assert 'zero_shot' in result.final and 'logit_bias' in result.state.params
+
+
+@pytest.mark.slow
+def test_avmnist_transfer_presets_probe_and_start_from_contrastive_towers(tmp_path_factory,
+                                                                          tfds_dir):
+  """avmnist_retrieval.py:probes=true, then avmnist.py:encoders_from=<it>,locked=true: both
+  towers come through bitwise from the contrastive run's best checkpoint, and every run
+  reports a linear probe of each tower."""
+  if sources.resolve_manual_dir() is None:
+    pytest.fail(f'Data sources not found at {sources.default_shared_dir()}')
+  experiments = os.path.join(REPO, 'experiments')
+  pre = shorten(load(os.path.join(experiments, 'avmnist_retrieval.py')).get_config(
+      'probes=true'), tfds_dir)
+  pre_dir = str(tmp_path_factory.mktemp('pretrain') / 'w')
+  pre_result = train.train_and_evaluate(pre, pre_dir)
+  config = shorten(load(os.path.join(experiments, 'avmnist.py')).get_config(
+      f'probes=true,encoders_from={pre_dir},locked=true'), tfds_dir)
+  result = train.train_and_evaluate(config, str(tmp_path_factory.mktemp('ft') / 'w'))
+  _, pre_state, _ = train.restore_state(pre, pre_dir, 'best')
+  for m in ('image', 'audio'):
+    assert_trees_bitwise_equal(result.state.params[f'{m}_encoder'],
+                               pre_state.params[f'{m}_encoder'])
+    for r in (pre_result, result):
+      assert 0.0 <= r.final[f'probe_{m}']['accuracy'] <= 1.0
+      assert r.final[f'probe_{m}']['num_train'] > 0

@@ -2,10 +2,13 @@ r"""AV-MNIST transfer: classification (concat fusion) from random towers, from s
 the contrastive towers of experiments/sweeps/avmnist_pretrain.py (seed 0, its best validation
 loss checkpoint), at 500 and 2000 steps; every run ends with a linear probe of each tower.
 
-  python scripts/ablate.py --config=experiments/avmnist_retrieval.py \
-      --sweep=experiments/sweeps/avmnist_pretrain.py --seeds=3 --root=runs/avmnist_pretrain
   python scripts/ablate.py --config=experiments/avmnist.py \
       --sweep=experiments/sweeps/avmnist_transfer.py --seeds=3 --root=runs/avmnist_transfer
+
+after the pretraining sweep (its seed 0 is the one the contrastive variants start from):
+
+  python scripts/ablate.py --config=experiments/avmnist_retrieval.py \
+      --sweep=experiments/sweeps/avmnist_pretrain.py --seeds=3 --root=runs/avmnist_pretrain
 
 random_towers trains one step with both encoders locked at their initialisation: its probes
 read untrained towers (its classification numbers are those of one step). Only the encoders'
