@@ -131,6 +131,8 @@ for variant in infonce infonce_tower infonce_lit sigmoid sigmoid_lit; do
 done
 run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_lit.py --seeds=3 --root=runs/lit_last --report_only
 run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_lit.py --seeds=3 --root=runs/lit_last --metrics=zero_shot/accuracy,recall@1$
+sweep --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_batch.py --seeds=3 --root=runs/emoji_batch
+run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_batch.py --seeds=3 --root=runs/emoji_batch --metrics='zero_shot/accuracy,class/recall@1$'
 sweep --config=experiments/emoji.py --sweep=experiments/sweeps/emoji.py --seeds=3 --root=runs/emoji
 run python scripts/baselines.py --dataset=both --out=runs/baselines/baselines.md
 

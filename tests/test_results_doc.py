@@ -54,3 +54,24 @@ def test_published_robustness_table_is_the_report_of_the_committed_records(sweep
   assert len(lines) == 4, lines
   assert lines in _page_tables(), (f'no table of docs/results.md is the robustness report of '
                                    f'docs/runs/{sweep}:\n' + '\n'.join(lines))
+
+
+# Evaluator tables: (sweep, its base config, the --metrics regexes the page's command gives).
+EVALUATOR_TABLES = [
+    ('emoji_batch', 'experiments/emoji_retrieval.py', ('zero_shot/accuracy', 'class/recall@1$')),
+]
+
+
+@pytest.mark.parametrize('sweep,config,metrics', EVALUATOR_TABLES, ids=[t[0] for t in EVALUATOR_TABLES])
+def test_published_evaluator_table_is_the_report_of_the_committed_records(sweep, config, metrics):
+  """The table `ablate.py --metrics=...` prints from docs/runs/<sweep>, whole, on the page."""
+  variants = ablate.load_sweep(os.path.join(REPO, 'experiments', 'sweeps', f'{sweep}.py'))
+  runs = ablate.plan(config, variants, range(3), os.path.join(REPO, 'docs', 'runs', sweep))
+  rows = [ablate.collect_run(r) for r in runs]
+  assert all(r['status'] == 'done' for r in rows), [(r['variant'], r['seed'], r['status'])
+                                                    for r in rows if r['status'] != 'done']
+  table = ablate.evaluator_table(ablate.aggregate(rows, [v.name for v in variants]), metrics)
+  lines = table.strip().splitlines()
+  assert len(lines) == 2 + len(variants), table
+  assert lines in _page_tables(), (f'no table of docs/results.md is the --metrics report of '
+                                   f'docs/runs/{sweep}:\n' + table)
