@@ -18,9 +18,10 @@ Presets (after ':', comma-separated):
   remat=none|full|dots|dots_no_batch, attention=einsum|dot_product   (models/attention.py)
   steps=<n>
 
-Expected: no accuracy is claimed (synthetic data); docs/performance.md gives this config's
-per-device memory under data parallel, fsdp and fsdp+remat from XLA's memory analysis
-(scripts/memory_report.py) and the small size's CPU utilisation.
+Expected: no accuracy (the data is synthetic). Per-device memory under data parallel, fsdp
+and fsdp+remat comes from XLA's memory analysis of the compiled step:
+  python scripts/memory_report.py --config=experiments/base.py --devices=8 --batches=1,4,16
+Parameters per part (size=base): image 85.4M, audio 86.2M, text 85.3M, fusion 82.7M.
 """
 import ml_collections
 
