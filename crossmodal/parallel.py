@@ -2,8 +2,8 @@
 
 Both strategies expose the same small interface so the training loop is written once:
 `put_state` / `put_batch` move host data onto devices, `train_step` / `eval_step` compile a
-step function, and `global_state` returns the state as replicated global arrays on the mesh,
-the one layout checkpoints use whatever strategy trained it.
+step function, and `global_state` returns the state as global arrays on the mesh in the
+layout checkpoints use: replicated, or sharded over 'fsdp' (`state_sharding`).
 
 - `JitParallel` (default): one `Mesh` over `jax.devices()` with axes ('data', 'fsdp'); the
   batch is sharded over both axes. By default 'fsdp' has size 1 and every parameter and
