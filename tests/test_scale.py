@@ -63,8 +63,8 @@ def test_dot_product_layer_equals_einsum_and_still_returns_weights(combine):
   _close(outs['dot_product'], outs['einsum'])  # the weights too (einsum path on request)
 
 
-def _tiny_model_config(attention='einsum', remat='none'):
-  cfg = model_lib.default_model_config(('image', 'audio', 'text'), 'crossattn', dim=16,
+def _tiny_model_config(attention='einsum', remat='none', modalities=('image', 'audio', 'text')):
+  cfg = model_lib.default_model_config(modalities, 'crossattn', dim=16,
                                        encoders={'image': 'vit', 'audio': 'ast'}, head=())
   for (m, t), fields in TINY_ENCODERS.items():
     if m in cfg.encoders and cfg.encoders[m].type == t:
@@ -74,19 +74,20 @@ def _tiny_model_config(attention='einsum', remat='none'):
   return cfg
 
 
-def _batch():
+def _batch(modalities=('image', 'audio', 'text')):
   rng = np.random.default_rng(3)
   text = rng.integers(1, 200, size=(4, 12)).astype(np.int32)
   text[:, 9:] = 0  # padding, masked in the text stack and as fusion keys
-  return {'image': jnp.asarray(rng.integers(0, 256, (4, 16, 16, 1)), jnp.uint8),
-          'audio': jnp.asarray(rng.normal(size=(4, 8000)), jnp.float32),
-          'text': jnp.asarray(text)}
+  batch = {'image': jnp.asarray(rng.integers(0, 256, (4, 16, 16, 1)), jnp.uint8),
+           'audio': jnp.asarray(rng.normal(size=(4, 8000)), jnp.float32),
+           'text': jnp.asarray(text)}
+  return {m: batch[m] for m in modalities}
 
 
 def _loss_and_grads(cfg, variables=None, train=False):
   model = model_lib.build_model(cfg, num_classes=5)
-  batch, labels = _batch(), jnp.arange(4) % 5
-  present = jnp.array([[1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]], bool)
+  batch, labels = _batch(tuple(cfg.modalities)), jnp.arange(4) % 5
+  present = jnp.array([[1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]], bool)[:, :len(batch)]
   if variables is None:
     variables = model.init(jax.random.key(0), batch, present)
 
@@ -107,16 +108,25 @@ def test_model_attention_switch_gives_the_same_loss_and_gradients():
   assert abs(float(ref)) > 0.1
 
 
+_REMAT_REFERENCE = {}
+
+
 @pytest.mark.parametrize('remat', ['full', 'dots', 'dots_no_batch'])
 def test_remat_keeps_parameters_losses_and_gradients(remat):
   """Same parameter tree (paths and init), same loss and gradients, in training mode with
-  dropout (the recomputed forward pass draws the same masks)."""
-  base, remat_cfg = _tiny_model_config(), _tiny_model_config(remat=remat)
+  dropout (the recomputed forward pass draws the same masks). ViT, text and fusion stacks
+  here; the AST stack, the same `_transformer` code, trains with remat in the base.py test
+  (audio features make this compile slowly)."""
+  modalities = ('image', 'text')
+  base, remat_cfg = (_tiny_model_config(modalities=modalities),
+                     _tiny_model_config(remat=remat, modalities=modalities))
   for cfg in (base, remat_cfg):
     cfg.fusion.dropout = 0.1
     cfg.encoders.text.dropout = 0.1
-  variables, ref, ref_grads = _loss_and_grads(base, train=True)
-  fresh = model_lib.build_model(remat_cfg, 5).init(jax.random.key(0), _batch())
+  if not _REMAT_REFERENCE:
+    _REMAT_REFERENCE['run'] = _loss_and_grads(base, train=True)
+  variables, ref, ref_grads = _REMAT_REFERENCE['run']
+  fresh = model_lib.build_model(remat_cfg, 5).init(jax.random.key(0), _batch(modalities))
   assert jax.tree.structure(fresh) == jax.tree.structure(variables)
   _close(fresh, variables, tol=0)
   _, value, grads = _loss_and_grads(remat_cfg, variables, train=True)
@@ -124,22 +134,27 @@ def test_remat_keeps_parameters_losses_and_gradients(remat):
   _close(grads, ref_grads, tol=1e-6)
 
 
-def test_remat_lowers_the_compiled_gradient_memory():
-  """XLA's own memory analysis of the jitted gradient: rematerialising every layer needs
-  fewer temporary bytes than keeping every activation (a deeper, wider ViT so it shows)."""
-  def temp_bytes(remat):
+def test_remat_recomputes_each_layer_in_the_backward_pass():
+  """Each layer is a checkpoint in the gradient's program and XLA counts the recomputed
+  forward pass in its cost analysis. (XLA's CPU memory analysis shows no saving from remat:
+  measured 11.4 -> 10.3 MB at depth 1 and 40.4 -> 39.3 MB at depth 4 for this ViT, the CPU
+  scheduler placing the recomputation early; so memory is not asserted here.)"""
+  def analyse(remat):
     cfg = model_lib.default_model_config(('image',), 'concat', dim=64, encoders={'image': 'vit'},
                                          head=())
-    cfg.encoders.image.update(patch_size=4, depth=4, num_heads=4)
+    cfg.encoders.image.update(patch_size=4, depth=2, num_heads=4)
     cfg.remat = remat
     model = model_lib.build_model(cfg, num_classes=10)
-    batch = {'image': jnp.zeros((32, 32, 32, 1), jnp.uint8)}
+    batch = {'image': jnp.zeros((16, 32, 32, 1), jnp.uint8)}
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), batch))
-    loss = lambda p: model.apply({'params': p}, batch)['logits'].sum()
-    compiled = jax.jit(jax.grad(loss)).lower(variables['params']).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
-  none, full = temp_bytes('none'), temp_bytes('full')
-  assert full < 0.8 * none, (none, full)
+    grad = jax.grad(lambda p: model.apply({'params': p}, batch)['logits'].sum())
+    jaxpr = str(jax.make_jaxpr(grad)(variables['params']))
+    cost = jax.jit(grad).lower(variables['params']).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return jaxpr.count('remat'), cost['flops']  # jax.checkpoint's primitive
+  (none_checkpoints, none_flops), (full_checkpoints, full_flops) = analyse('none'), analyse('full')
+  assert (none_checkpoints, full_checkpoints) == (0, 2)  # one per layer
+  assert 1.1 * none_flops < full_flops < 2 * none_flops  # the layers' forward pass again
 
 
 def test_bad_attention_and_remat_are_config_errors():
