@@ -164,8 +164,18 @@ def validate(config: Any, device_count: int | None = None,
                schema.int_at_least(1), 'async_checkpoints': schema.BOOL,
                'modality_dropout': (schema.FRACTION[0], 'must be in [0, 1) (probability of '
                                     'hiding each modality of a training example)'),
+               'fsdp_min_size': schema.int_at_least(1),
                'frozen': (lambda v: all(isinstance(p, str) for p in v),
                           'must be a tuple of regular expressions over parameter paths')})
+    mesh = schema.as_dict(train).get('mesh', '')
+    if isinstance(mesh, str) and mesh:
+      try:  # the device counts only with `device_count`
+        sizes = parallel.parse_mesh(mesh, device_count)
+        if sizes[parallel.FSDP_AXIS] > 1 and train.get('parallel') == 'pmap':
+          e.messages.append(f"config.train.mesh={mesh!r} has an fsdp axis, which needs "
+                            "config.train.parallel='jit' (pmap replicates the state)")
+      except ValueError as error:
+        e.messages.append(str(error))
     moved = sorted(set(schema.as_dict(train)) & set(MOVED_TO_EVALUATORS))
     e.messages += [f'config.train.{key} moved to {MOVED_TO_EVALUATORS[key]}' for key in moved]
   unknown = sorted(set(schema.as_dict(config)) - set(SECTIONS))
@@ -230,6 +240,8 @@ def _leaf_diffs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ''
 NOT_THE_EXPERIMENT = ('data.data_dir', 'data.manual_dir', 'data.worker_count', 'data.cache',
                       'train.parallel', 'train.async_checkpoints', 'train.sync_every_step',
                       'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+                      # where the state lives and what is recomputed, not what is computed
+                      'train.mesh', 'train.fsdp_min_size', 'model.remat',
                       'evaluators')
 
 
@@ -450,6 +462,9 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
       best_metric='validation/accuracy',
       modality_dropout=0.0,  # probability of hiding each modality of a training example
       parallel='jit',  # or 'pmap'
+      # jit only: '' = every device on the data axis; 'data:2,fsdp:4' also shards every state
+      # array of at least fsdp_min_size elements over the fsdp axis (parallel.py)
+      mesh='', fsdp_min_size=1 << 14,
       sync_every_step='auto',  # block on each step's loss on CPU with >1 device (architecture.md)
       dtype='float32',  # compute dtype; 'bfloat16' keeps params/optimizer state float32
       frozen=(),  # regexes over parameter paths that get no update (transfer.py; LiT)

@@ -236,7 +236,9 @@ class _Run:
     # Opening a split first prepares the dataset if needed (AV-MNIST: a one-time build).
     self.source('validation')
     self.num_classes = int(datasets.dataset_info(config.data).num_classes)
-    self.strategy = parallel.make_parallel(config.train.parallel)
+    self.strategy = parallel.make_parallel(
+        config.train.parallel, parallel.make_mesh(mesh=config.train.mesh),
+        config.train.fsdp_min_size)
     self.model = build_model(config, self.num_classes, self.strategy.axis_name)
     self.frozen, self.frozen_labels = tuple(config.train.frozen), None
     self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -267,8 +269,9 @@ class _Run:
     return make_batches(self.config, self.source(split), training, start_index)
 
   def initial_state(self, abstract: bool = False, tx: Any = None) -> Any:
-    """The state a fresh run starts from, as replicated global arrays (the checkpoint
-    layout): initialised from the seed, then `config.init_from` applied (transfer.py).
+    """The state a fresh run starts from, as global arrays in the strategy's state layout
+    (replicated, or sharded over 'fsdp'; checkpoints keep it): initialised from the seed,
+    then `config.init_from` applied (transfer.py).
 
     abstract=True: only shapes, dtypes and shardings (a restore target; nothing compiled).
     """
@@ -280,20 +283,20 @@ class _Run:
     tx = tx or self.tx
     init = make_init_fn(self.model, tx, sample)
     rng = jax.random.PRNGKey(self.config.seed)
-    replicated = self.strategy.replicated
+    shapes = jax.eval_shape(init, rng)
+    sharding = self.strategy.state_sharding(shapes)
     if abstract:
-      shapes = jax.eval_shape(init, rng)
-      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          shapes)
-    state = jax.jit(init, out_shardings=replicated)(rng)
+      return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, sharding)
+    state = jax.jit(init, out_shardings=sharding)(rng)
     if not self.config.get('init_from'):
       return state
     params, batch_stats, done = transfer.apply(self.config.init_from, state.params,
-                                               state.batch_stats, replicated)
+                                               state.batch_stats, self.strategy.replicated)
     for line in done:
       logging.info('%s', line)
-    return state.replace(params=params, batch_stats=batch_stats,
-                         opt_state=jax.jit(tx.init, out_shardings=replicated)(params))
+    return self.strategy.put_state(state.replace(
+        params=params, batch_stats=batch_stats, opt_state=jax.jit(tx.init)(params)))
 
   def evaluate(self, device_state: Any, step: int, writer: metrics_lib.MetricWriter | None,
                workdir: str, prefix: str = '',
@@ -385,7 +388,7 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
 
   train_step = strategy.train_step(make_train_step(run.model, run.tx, strategy.axis_name,
                                                    tc.modality_dropout, run.objectives,
-                                                   run.frozen_labels))
+                                                   run.frozen_labels), device_state)
   batches = run.batches('train', training=True, start_index=position)
   throughput = metrics_lib.Throughput(config.data.global_batch_size, start_step)
   pending: list[Any] = []  # per-step device metrics not yet fetched

@@ -258,7 +258,7 @@ def section_pipeline(sizes: Sizes) -> list[str]:
     return [f'Input pipeline: AV-MNIST unavailable ({type(e).__name__}: {e}); not measured.']
   strategy = parallel.make_parallel('jit')
   state = strategy.put_state(run.initial_state())
-  step = strategy.train_step(train.make_train_step(run.model, run.tx, None))
+  step = strategy.train_step(train.make_train_step(run.model, run.tx, None), state)
   decoding = train.make_batches(
       config, datasets.get_source({**config.data.to_dict(), 'cache': False}, 'train'),
       training=True)

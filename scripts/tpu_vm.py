@@ -19,7 +19,8 @@ worker and installs it with JAX's TPU build into a Python 3.11 venv made by uv. 
 the same `python -m crossmodal.main` command on all workers (`--worker=all`), detached from the
 ssh session; each process calls `jax.distributed.initialize()`, which detects the slice, and
 the run is data-parallel over every chip of
-every host (`--distributed`). Workdirs and TFDS data dirs should be `gs://` paths, which the code reaches through
+every host (`--distributed`); `-- --config.train.mesh=fsdp:<chips>` after the run's arguments
+also shards the parameters and optimizer state over the chips (crossmodal/parallel.py). Workdirs and TFDS data dirs should be `gs://` paths, which the code reaches through
 etils.epath / tf.io.gfile (metrics, config), Orbax (checkpoints) and TFDS (data); the dataset is
 prepared once, on worker 0, before the run (`--prepare=<builder config>`), because every host
 preparing the same shared data_dir at once would race. `all` polls worker 0 for the run's exit

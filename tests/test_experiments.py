@@ -71,7 +71,10 @@ def tfds_dir(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize('path', EXPERIMENTS, ids=os.path.basename)
 def test_experiment_trains_a_few_steps(path, tmp_path_factory, tfds_dir):
-  config = load(path).get_config()
+  """The default model of each config (or, where the file names a TEST_ARG preset, e.g.
+  base.py's size=tiny, that one: the same code at a size a CPU trains in seconds)."""
+  module = load(path)
+  config = module.get_config(getattr(module, 'TEST_ARG', None))
   if config.data.name in ('avmnist', 'emoji') and sources.resolve_manual_dir() is None:
     pytest.fail(f'Data sources not found at {sources.default_shared_dir()} '
                 f'(or ${sources.ENV_VAR}); they are required for this test')

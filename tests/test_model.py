@@ -168,7 +168,8 @@ def test_bfloat16_model_keeps_float32_params_and_outputs():
 
 def test_default_model_config_layout():
   cfg = M.default_model_config()
-  assert set(cfg) == {'modalities', 'dim', 'encoders', 'fusion', 'head', 'dropout'}
+  assert set(cfg) == {'modalities', 'dim', 'encoders', 'fusion', 'head', 'dropout', 'attention',
+                      'remat'}
   assert cfg.modalities == ('image', 'audio') and cfg.fusion.type == 'concat'
   assert (cfg.encoders.image.type, cfg.encoders.audio.type) == ('lenet', 'lenet')
   assert cfg.head == (100,)  # MultiBench's AV-MNIST MLP head width

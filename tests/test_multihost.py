@@ -27,7 +27,7 @@ def _config():
   return tiny_config(f'size=tiny,steps={NUM_STEPS}')
 
 
-def _launch_two_processes(workdir):
+def _launch_two_processes(workdir, extra=()):
   port = free_port()
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
          'JAX_PLATFORMS': 'cpu', 'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'}
@@ -36,7 +36,7 @@ def _launch_two_processes(workdir):
     cmd = [sys.executable, '-m', 'crossmodal.main',
            f'--config={SYNTHETIC}:size=tiny,steps={NUM_STEPS}', f'--workdir={workdir}',
            '--mode=train', '--num_processes=2', f'--process_id={pid}',
-           f'--coordinator_address=127.0.0.1:{port}']
+           f'--coordinator_address=127.0.0.1:{port}', *extra]
     procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, start_new_session=True))
   deadline = time.monotonic() + TIMEOUT
@@ -53,12 +53,19 @@ def _launch_two_processes(workdir):
   return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
 
 
+# The second case shards parameters and optimizer state over all 4 devices of both
+# processes (parallel.py), so every step gathers them across the two hosts.
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize('extra', [(), ('--config.train.mesh=fsdp:4',
+                                        '--config.train.fsdp_min_size=256')],
+                         ids=['data_parallel', 'fsdp_across_hosts'])
+def test_two_processes_match_one_process(tmp_path, extra):
   workdir = tmp_path / 'two'
-  results = _launch_two_processes(workdir)
+  results = _launch_two_processes(workdir, extra)
   for i, (code, _, err) in enumerate(results):
     assert code == 0, f'process {i} failed:\n{err[-4000:]}'
+    mesh = "mesh {'data': 1, 'fsdp': 4}" if extra else "mesh {'data': 4, 'fsdp': 1}"
+    assert mesh in err, err[-2000:]
   # Process 0 alone writes the metrics file: one record per step and split.
   records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   keys = [(r['split'], r['step']) for r in records]

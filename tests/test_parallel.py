@@ -140,7 +140,7 @@ def test_initialize_distributed_only_when_configured(monkeypatch):
 def test_jit_strategy_shards_batch_and_replicates_state():
   s = parallel.make_parallel('jit')
   batch = s.put_batch({'x': np.arange(8.0).reshape(4, 2)})
-  assert batch['x'].sharding.spec == jax.sharding.PartitionSpec('data')
+  assert batch['x'].sharding.spec == jax.sharding.PartitionSpec(('data', 'fsdp'))
   state = s.put_state({'w': np.ones((3,))})
   assert state['w'].sharding.is_fully_replicated
   p = parallel.make_parallel('pmap')

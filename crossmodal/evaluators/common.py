@@ -152,8 +152,8 @@ class Engine:
                           return_attention=attention)
         return {**select(out), **{k: batch[k] for k in ('label', 'mask', *keep)}}
       s = self.jit
-      self._forward[key] = jax.jit(
-          forward, in_shardings=(s.replicated, s.batch_sharding, s.batch_sharding),
+      self._forward[key] = jax.jit(  # the state in its own layout (replicated or fsdp)
+          forward, in_shardings=(None, s.batch_sharding, s.batch_sharding),
           out_shardings=s.replicated)
     return self._forward[key]
 

@@ -1,8 +1,22 @@
-"""Masked multi-head attention and the pre-LN transformer layer every attention fusion uses.
+"""Masked multi-head attention and the pre-LN transformer layer every transformer stack uses
+(the ViT, AST and text encoders and the attention fusions).
 
 Masking is defined once, here: a key whose mask is False is invisible, and a query that is
 masked out or sees no valid key gets exactly zero output and zero weights (never NaN), so a
 missing modality can be hidden from fusion by masking alone.
+
+Two switches for scale, both set model-wide (config.model.attention, config.model.remat):
+- ATTENTIONS: 'einsum' computes softmax(QK^T)V with explicit einsums and materialises the
+  [B, heads, Nq, Nk] weights; 'dot_product' calls jax.nn.dot_product_attention (XLA on CPU and
+  TPU; cuDNN flash attention on GPU where the shapes and dtype allow it), which needs no weights
+  in memory. Equal outputs and gradients (tested to 1e-5). The fused kernel has no dropout on
+  the attention weights: under 'dot_product' the weights are not dropped (as in ViT and
+  big_vision), while `dropout` still applies to the attention output and the MLP. A caller
+  that asks for the weights (the attention evaluator) gets them from the einsum path.
+- REMAT_POLICIES: 'none' keeps every activation for the backward pass; the others recompute
+  each transformer layer in the backward pass (jax.checkpoint per layer), saving nothing
+  ('full'), only matmul outputs ('dots'), or only matmul outputs without batch dimensions
+  ('dots_no_batch'). Same losses and gradients, less activation memory, more FLOPs.
 """
 from __future__ import annotations
 
@@ -15,6 +29,13 @@ import jax
 import jax.numpy as jnp
 
 COMBINES = ('residual', 'concat_proj')
+ATTENTIONS = ('einsum', 'dot_product')
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _check_mask(mask: jax.Array | None, batch: int, length: int, what: str) -> jax.Array:
@@ -39,7 +60,8 @@ class MultiHeadAttention(nn.Module):
   qkv_dim: int | None = None  # total width of q/k/v over all heads; default Dq
   out_dim: int | None = None  # default Dq
   output_projection: bool = True
-  dropout: float = 0.0  # on the attention weights, only when train=True
+  dropout: float = 0.0  # on the attention weights, only when train=True (einsum only)
+  attention: str = 'einsum'  # ATTENTIONS
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -65,17 +87,28 @@ class MultiHeadAttention(nn.Module):
       return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
                              param_dtype=self.param_dtype, name=name)
 
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f'MultiHeadAttention.attention={self.attention!r}; valid choices: '
+                       f'{ATTENTIONS}')
     q = proj('query')(inputs_q) / jnp.asarray(math.sqrt(head_dim), self.dtype)
     k = proj('key')(inputs_kv)
     v = proj('value')(inputs_kv)
-    # Softmax in float32 whatever the compute dtype; masked logits get the most negative
-    # finite value so a fully masked row is uniform (not NaN) before it is zeroed below.
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
     valid = key_mask[:, None, None, :] & query_mask[:, None, :, None]  # [B, 1, Nq, Nk]
-    logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)
-    attn = nn.Dropout(self.dropout, deterministic=not train)(weights)
-    out = jnp.einsum('bhqk,bkhd->bqhd', attn.astype(self.dtype), v)
+    weights = None
+    if self.attention == 'dot_product' and not return_weights:
+      # q is already scaled. Rows with no valid key come out as some average of the values;
+      # they are zeroed below like the einsum path's.
+      out = jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None, None, :], scale=1.0)
+    else:
+      # Softmax in float32 whatever the compute dtype; masked logits get the most negative
+      # finite value so a fully masked row is uniform (not NaN) before it is zeroed below.
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
+      logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+      weights = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)
+      attn = weights
+      if self.attention == 'einsum':
+        attn = nn.Dropout(self.dropout, deterministic=not train)(weights)
+      out = jnp.einsum('bhqk,bkhd->bqhd', attn.astype(self.dtype), v)
     if self.output_projection:
       out = nn.DenseGeneral(self.out_dim or dq, axis=(-2, -1), dtype=self.dtype,
                             param_dtype=self.param_dtype, name='out')(out)
@@ -100,13 +133,16 @@ class TransformerLayer(nn.Module):
   """
   num_heads: int
   mlp_ratio: int = 4
-  dropout: float = 0.0  # on attention weights, attention output and MLP
+  dropout: float = 0.0  # on attention weights (einsum only), attention output and MLP
   combine: str = 'residual'
+  attention: str = 'einsum'  # ATTENTIONS
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
+  # Positional arguments (no keyword-only ones): `transformer_layer` rematerialises this
+  # method with `train` and `return_weights` as static positional arguments.
   @nn.compact
-  def __call__(self, x: jax.Array, contexts: Sequence[jax.Array] | None = None, *,
+  def __call__(self, x: jax.Array, contexts: Sequence[jax.Array] | None = None,
                mask: jax.Array | None = None,
                context_masks: Sequence[jax.Array | None] | None = None,
                train: bool = False, return_weights: bool = False
@@ -130,7 +166,8 @@ class TransformerLayer(nn.Module):
     for i, (kv, kv_mask) in enumerate(kvs):
       h, w = MultiHeadAttention(self.num_heads, out_dim=d,
                                 output_projection=self.combine == 'residual',
-                                dropout=self.dropout, name=f'attention_{i}', **kw)(
+                                dropout=self.dropout, attention=self.attention,
+                                name=f'attention_{i}', **kw)(
           y, kv, key_mask=kv_mask, query_mask=mask, train=train, return_weights=return_weights)
       hs.append(nn.Dropout(self.dropout, deterministic=not train)(h))
       weights.append(w)
@@ -144,3 +181,21 @@ class TransformerLayer(nn.Module):
     z = nn.Dense(d, name='mlp_out', **kw)(z)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(z)
     return x, (weights if return_weights else None)
+
+
+def transformer_layer(remat: str = 'none', *, name: str, **fields: Any):
+  """A TransformerLayer (fields as its dataclass), rematerialised per REMAT_POLICIES[remat];
+  returns `call(x, contexts=None, *, mask=None, context_masks=None, train=False,
+  return_weights=False)`. Parameter paths are the same with and without remat. Call it inside
+  the parent's compact method, like a module."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'remat={remat!r}; valid choices: {tuple(REMAT_POLICIES)}')
+  cls = TransformerLayer
+  if remat != 'none':  # self=0, x=1, contexts=2, mask=3, context_masks=4, train=5, weights=6
+    cls = nn.remat(TransformerLayer, policy=REMAT_POLICIES[remat], static_argnums=(5, 6))
+  layer = cls(name=name, **fields)
+
+  def call(x, contexts=None, *, mask=None, context_masks=None, train=False,
+           return_weights=False):
+    return layer(x, contexts, mask, context_masks, train, return_weights)
+  return call

@@ -63,6 +63,9 @@ class _EncoderBase(nn.Module):
   # stage and skip their pooled projection (later stages and pool_proj would never reach the
   # loss) and return pooled=None.
   with_pooled: bool = True
+  # config.model.attention / .remat (models/attention.py), for the transformer encoders.
+  attention: str = 'einsum'
+  remat: str = 'none'
 
   @property
   def _kw(self) -> dict[str, Any]:
@@ -198,8 +201,9 @@ def _transformer(enc: _EncoderBase, tokens: jax.Array, mask: jax.Array, train: b
     mask = jnp.concatenate([jnp.ones((b, 1), bool), mask], axis=1)
   x = nn.Dropout(enc.dropout, deterministic=not train)(tokens)
   for i in range(enc.depth):
-    x, _ = attention.TransformerLayer(enc.num_heads, enc.mlp_ratio, enc.dropout,
-                                      name=f'layer_{i}', **enc._kw)(x, mask=mask, train=train)
+    x, _ = attention.transformer_layer(
+        enc.remat, name=f'layer_{i}', num_heads=enc.num_heads, mlp_ratio=enc.mlp_ratio,
+        dropout=enc.dropout, attention=enc.attention, **enc._kw)(x, mask=mask, train=train)
   x = nn.LayerNorm(name='final_norm', **enc._kw)(x)
   if enc.pool == 'cls':
     return Encoded(tokens=x[:, 1:], mask=mask[:, 1:], pooled=x[:, 0])
@@ -470,6 +474,7 @@ def encoder_config(modality: str, type: str,  # pylint: disable=redefined-builti
 def build_encoder(modality: str, cfg: Mapping[str, Any] | ml_collections.ConfigDict, dim: int,
                   *, dtype: Any = jnp.float32, axis_name: str | None = None,
                   with_tokens: bool = True, with_pooled: bool = True,
+                  attention: str = 'einsum', remat: str = 'none',
                   name: str | None = None) -> _EncoderBase:
   """Instantiates the encoder `cfg.type` for `modality` with output width `dim` (its config
   checked by `check_config`)."""
@@ -480,4 +485,4 @@ def build_encoder(modality: str, cfg: Mapping[str, Any] | ml_collections.ConfigD
     values['features'] = ml_collections.FrozenConfigDict(features)  # hashable module field
   values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
   return cls(dim=dim, dtype=dtype, axis_name=axis_name, with_tokens=with_tokens,
-             with_pooled=with_pooled, name=name, **values)
+             with_pooled=with_pooled, attention=attention, remat=remat, name=name, **values)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from crossmodal import schema
-from crossmodal.models.attention import COMBINES, TransformerLayer
+from crossmodal.models.attention import COMBINES, transformer_layer
 from crossmodal.models.encoders import Encoded
 from crossmodal.models.heads import MLPHead
 
@@ -53,6 +53,9 @@ class _FusionBase(nn.Module):
   head_dropout: float = 0.0
   dtype: Any = jnp.float32  # compute dtype (bfloat16 for mixed precision)
   param_dtype: Any = jnp.float32
+  # config.model.attention / .remat (models/attention.py), for the attention fusions' layers.
+  attention: str = 'einsum'
+  remat: str = 'none'
 
   # Per-type rules for the config fields (class attributes, not dataclass fields).
   min_modalities = 2
@@ -351,9 +354,11 @@ class _AttentionFusionBase(_FusionBase):
   positive = ('num_layers', 'num_heads', 'mlp_ratio')
   choices = {'pooling': POOLINGS}
 
-  def _layer(self, name: str, combine: str = 'residual') -> TransformerLayer:
-    return TransformerLayer(self.num_heads, self.mlp_ratio, self.dropout, combine,
-                            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+  def _layer(self, name: str, combine: str = 'residual'):
+    return transformer_layer(self.remat, name=name, num_heads=self.num_heads,
+                             mlp_ratio=self.mlp_ratio, dropout=self.dropout, combine=combine,
+                             attention=self.attention, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
 
   def _tokens(self, i: int, e: Encoded, present: jax.Array, modality_embedding: bool
               ) -> tuple[jax.Array, jax.Array]:
@@ -647,6 +652,7 @@ def build_fusion(cfg: ml_collections.ConfigDict | Mapping[str, Any], *,
                  modalities: tuple[str, ...] | list[str], num_classes: int,
                  head_hidden: tuple[int, ...] = (), dropout: float = 0.0,
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                 attention: str = 'einsum', remat: str = 'none',
                  name: str | None = None) -> _FusionBase:
   """Fusion module for `cfg` (a `fusion_config`), validated against the modality count.
 
@@ -658,4 +664,5 @@ def build_fusion(cfg: ml_collections.ConfigDict | Mapping[str, Any], *,
     raise schema.ConfigError(f'config.model.modalities has duplicates: {modalities}')
   cls, values = check_config(cfg, len(modalities))
   return cls(modalities=modalities, num_classes=num_classes, head_hidden=tuple(head_hidden),
-             head_dropout=dropout, dtype=dtype, param_dtype=param_dtype, name=name, **values)
+             head_dropout=dropout, dtype=dtype, param_dtype=param_dtype, attention=attention,
+             remat=remat, name=name, **values)

@@ -16,6 +16,7 @@ import numpy as np
 
 from crossmodal import objectives as objectives_lib
 from crossmodal import schema
+from crossmodal.models import attention as attention_lib
 from crossmodal.models import encoders as encoders_lib
 from crossmodal.models import fusion as fusion_lib
 
@@ -71,6 +72,9 @@ class CrossModalModel(nn.Module):
   decoder: tuple[str, str, tuple[int, ...]] | None = None
   # Modalities whose encoder is locked (config.train.frozen): run in inference mode.
   frozen_encoders: tuple[str, ...] = ()
+  # Every transformer stack's attention implementation and rematerialisation (attention.py).
+  attention: str = 'einsum'
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], present: jax.Array | None = None,
@@ -95,11 +99,13 @@ class CrossModalModel(nn.Module):
       encoder = encoders_lib.build_encoder(m, self.encoders[m], self.dim, dtype=self.dtype,
                                            axis_name=self.axis_name, with_tokens=with_tokens,
                                            with_pooled=self.pooled or not with_tokens,
+                                           attention=self.attention, remat=self.remat,
                                            name=f'{m}_encoder')
       encoded[m] = encoder(batch[m], train=train and m not in self.frozen_encoders)
     fusion = fusion_lib.build_fusion(self.fusion, modalities=self.modalities,
                                      num_classes=self.num_classes, head_hidden=self.head,
-                                     dropout=self.dropout, dtype=self.dtype, name='fusion')
+                                     dropout=self.dropout, dtype=self.dtype,
+                                     attention=self.attention, remat=self.remat, name='fusion')
     fused = fusion(encoded, present, train=train, return_attention=return_attention)
 
     out = {
@@ -163,7 +169,7 @@ def objective_heads(objectives: Mapping[str, Any] | None,
 
 # config.model: its fields' defaults (encoders and fusion are checked by their modules).
 _DEFAULTS = {'modalities': ('image', 'audio'), 'dim': 64, 'encoders': {}, 'fusion': {},
-             'head': (), 'dropout': 0.0}
+             'head': (), 'dropout': 0.0, 'attention': 'einsum', 'remat': 'none'}
 _RULES = {'modalities': ((lambda v: len(v) > 0 and len(set(v)) == len(v)),
                          'must be a non-empty tuple of distinct modalities'),
           'dim': schema.POSITIVE_INT, 'head': schema.ints_at_least(1),
@@ -177,7 +183,9 @@ def check_config(model_config: ml_collections.ConfigDict | Mapping[str, Any],
   when given, of `config.objectives` for its modalities. Builds nothing."""
   values = schema.as_dict(model_config)
   messages = schema.problems(WHERE, values, _DEFAULTS, required=REQUIRED_KEYS,
-                             choices={'modalities': tuple(encoders_lib.ENCODERS)},
+                             choices={'modalities': tuple(encoders_lib.ENCODERS),
+                                      'attention': attention_lib.ATTENTIONS,
+                                      'remat': tuple(attention_lib.REMAT_POLICIES)},
                              rules=_RULES)
   if messages:
     raise schema.ConfigError(problems=messages)
@@ -216,6 +224,8 @@ def build_model(model_config: ml_collections.ConfigDict | Mapping[str, Any], num
                          num_classes=int(num_classes), dim=int(cfg.dim),
                          head=tuple(cfg.get('head', ())), dropout=float(cfg.get('dropout', 0.0)),
                          axis_name=axis_name, dtype=dtype,
+                         attention=cfg.get('attention', 'einsum'),
+                         remat=cfg.get('remat', 'none'),
                          **objective_heads(objectives, modalities))
 
 
@@ -241,6 +251,8 @@ def default_model_config(modalities: Sequence[str] = ('image', 'audio'), fusion:
       'fusion': fusion_lib.fusion_config(fusion),
       'head': tuple(head),
       'dropout': float(dropout),
+      'attention': 'einsum',  # or 'dot_product' (models/attention.py)
+      'remat': 'none',  # or 'full', 'dots', 'dots_no_batch': per transformer layer
   })
 
 
