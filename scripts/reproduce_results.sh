@@ -111,6 +111,10 @@ done
 run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval_last --report_only \
     || echo "[some runs of runs/emoji_retrieval_last are missing: see its results.md]"
 run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval_last --metrics=zero_shot/
+sweep --config=experiments/avmnist_retrieval.py --sweep=experiments/sweeps/avmnist_pretrain.py --seeds=3 --root=runs/avmnist_pretrain
+run python scripts/ablate.py --config=experiments/avmnist_retrieval.py --sweep=experiments/sweeps/avmnist_pretrain.py --seeds=3 --root=runs/avmnist_pretrain --metrics='probe_.*/accuracy$,class/recall@1$'
+sweep --config=experiments/avmnist.py --sweep=experiments/sweeps/avmnist_transfer.py --seeds=3 --root=runs/avmnist_transfer
+run python scripts/ablate.py --config=experiments/avmnist.py --sweep=experiments/sweeps/avmnist_transfer.py --seeds=3 --root=runs/avmnist_transfer --metrics='probe_.*/accuracy$'
 run python -m crossmodal.main --config=experiments/emoji.py:modalities=image --workdir=runs/lit/tower
 sweep --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_lit.py --seeds=3 --root=runs/lit
 run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_lit.py --seeds=3 --root=runs/lit --metrics=zero_shot/accuracy,recall@1$

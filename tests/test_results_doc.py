@@ -15,7 +15,7 @@ from crossmodal import ablate
 from crossmodal import config_utils
 from conftest import REPO
 
-SWEEPS = ('crossattn', 'bottleneck')  # the sweeps whose records are committed
+SWEEPS = ('crossattn', 'bottleneck', 'avmnist_transfer')  # runner tables on the page
 
 
 def _page_tables() -> list[list[str]]:
@@ -59,6 +59,9 @@ def test_published_robustness_table_is_the_report_of_the_committed_records(sweep
 # Evaluator tables: (sweep, its base config, the --metrics regexes the page's command gives).
 EVALUATOR_TABLES = [
     ('emoji_batch', 'experiments/emoji_retrieval.py', ('zero_shot/accuracy', 'class/recall@1$')),
+    ('avmnist_pretrain', 'experiments/avmnist_retrieval.py',
+     ('probe_.*/accuracy$', 'class/recall@1$')),
+    ('avmnist_transfer', 'experiments/avmnist.py', ('probe_.*/accuracy$',)),
 ]
 
 
