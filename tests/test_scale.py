@@ -185,3 +185,16 @@ def test_base_config_tiny_trains_the_same_with_remat_and_dot_product_attention(t
   a, b = losses.values()
   assert len(a) == len(b) >= 3
   np.testing.assert_allclose(b, a, rtol=1e-5)
+
+
+def test_dot_product_with_attention_dropout_says_the_weights_are_not_dropped(caplog):
+  cfg = _tiny_model_config('dot_product', modalities=('image', 'text'))
+  cfg.fusion.dropout = 0.1
+  with caplog.at_level('WARNING'):
+    model_lib.build_model(cfg, num_classes=5)
+  assert 'drops no attention weights' in caplog.text and 'config.model.fusion' in caplog.text
+  caplog.clear()
+  cfg.fusion.dropout = 0.0
+  with caplog.at_level('WARNING'):
+    model_lib.build_model(cfg, num_classes=5)
+  assert 'drops no attention weights' not in caplog.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -217,6 +218,14 @@ def build_model(model_config: ml_collections.ConfigDict | Mapping[str, Any], num
     if dtype not in DTYPES:
       raise ValueError(f'model dtype {dtype!r} is unknown; valid choices: {sorted(DTYPES)}')
     dtype = DTYPES[dtype]
+  if cfg.get('attention', 'einsum') == 'dot_product':
+    rates = {f'encoders.{m}': cfg.encoders[m].get('dropout', 0.0) for m in modalities}
+    rates['fusion'] = cfg.fusion.get('dropout', 0.0)
+    dropped = sorted(k for k, v in rates.items() if v)
+    if dropped:
+      logging.warning("config.model.attention='dot_product' drops no attention weights: the "
+                      'dropout of %s applies to attention outputs and MLPs only',
+                      ', '.join(f'{WHERE}.{k}' for k in dropped))
   encoders = ml_collections.FrozenConfigDict({m: _as_mapping(cfg.encoders[m])
                                               for m in modalities})
   fusion = ml_collections.FrozenConfigDict(_as_mapping(cfg.fusion))
