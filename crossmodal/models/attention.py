@@ -16,7 +16,9 @@ Two switches for scale, both set model-wide (config.model.attention, config.mode
 - REMAT_POLICIES: 'none' keeps every activation for the backward pass; the others recompute
   each transformer layer in the backward pass (jax.checkpoint per layer), saving nothing
   ('full'), only matmul outputs ('dots'), or only matmul outputs without batch dimensions
-  ('dots_no_batch'). Same losses and gradients, less activation memory, more FLOPs.
+  ('dots_no_batch'). Same losses and gradients and more FLOPs (tested); the activation memory
+  it saves depends on the compiler scheduling the recomputation late: XLA's CPU memory
+  analysis showed no saving for a 4-layer ViT (docs/architecture.md, "Scale").
 """
 from __future__ import annotations
 
