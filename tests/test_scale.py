@@ -101,8 +101,11 @@ def _loss_and_grads(cfg, variables=None, train=False):
 
 
 def test_model_attention_switch_gives_the_same_loss_and_gradients():
-  variables, ref, ref_grads = _loss_and_grads(_tiny_model_config('einsum'))
-  _, value, grads = _loss_and_grads(_tiny_model_config('dot_product'), variables)
+  """ViT, text and fusion stacks (the AST's trains with dot_product in the base.py test)."""
+  modalities = ('image', 'text')
+  variables, ref, ref_grads = _loss_and_grads(_tiny_model_config('einsum', modalities=modalities))
+  _, value, grads = _loss_and_grads(_tiny_model_config('dot_product', modalities=modalities),
+                                    variables)
   _close(value, ref)
   _close(grads, ref_grads)
   assert abs(float(ref)) > 0.1
