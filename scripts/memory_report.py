@@ -130,7 +130,9 @@ def main(args) -> int:
     default = config
     for part in key.split('.'):
       default = default[part]
-    config_utils.apply_overrides(config, {key: type(default)(value)})
+    typed = (value.lower() in ('true', '1') if isinstance(default, bool)
+             else type(default)(value))
+    config_utils.apply_overrides(config, {key: typed})
   rows = []
   for layout in args.layouts.split(','):
     if layout not in LAYOUTS:
