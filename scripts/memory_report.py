@@ -130,9 +130,8 @@ def main(args) -> int:
     default = config
     for part in key.split('.'):
       default = default[part]
-    typed = (value.lower() in ('true', '1') if isinstance(default, bool)
-             else type(default)(value))
-    config_utils.apply_overrides(config, {key: typed})
+    config_utils.apply_overrides(  # converted as a preset value is
+        config, {key: config_utils._convert(key, value, default)})  # pylint: disable=protected-access
   rows = []
   for layout in args.layouts.split(','):
     if layout not in LAYOUTS:

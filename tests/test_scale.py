@@ -139,9 +139,8 @@ def test_remat_keeps_parameters_losses_and_gradients(remat):
 
 def test_remat_recomputes_each_layer_in_the_backward_pass():
   """Each layer is a checkpoint in the gradient's program and XLA counts the recomputed
-  forward pass in its cost analysis. (XLA's CPU memory analysis shows no saving from remat:
-  measured 11.4 -> 10.3 MB at depth 1 and 40.4 -> 39.3 MB at depth 4 for this ViT, the CPU
-  scheduler placing the recomputation early; so memory is not asserted here.)"""
+  forward pass in its cost analysis. (XLA's CPU memory analysis shows almost no saving from
+  remat, docs/architecture.md "Scale", so memory is not asserted here.)"""
   def analyse(remat):
     cfg = model_lib.default_model_config(('image',), 'concat', dim=64, encoders={'image': 'vit'},
                                          head=())

@@ -18,7 +18,7 @@ Two switches for scale, both set model-wide (config.model.attention, config.mode
   ('full'), only matmul outputs ('dots'), or only matmul outputs without batch dimensions
   ('dots_no_batch'). Same losses and gradients and more FLOPs (tested); the activation memory
   it saves depends on the compiler scheduling the recomputation late: XLA's CPU memory
-  analysis showed no saving for a 4-layer ViT (docs/architecture.md, "Scale").
+  analysis shows almost none (docs/architecture.md, "Scale", with the command).
 """
 from __future__ import annotations
 
