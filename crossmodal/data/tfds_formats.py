@@ -7,7 +7,9 @@ examples, so `tfds.load` works on the same directory.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -86,7 +88,11 @@ def prepare_once(make_builder, manual_dir=None):
   if builder.is_prepared():
     return builder
   try:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    # TFDS prints its "Downloading and preparing" lines to stdout, where the scripts write
+    # their results (scripts/baselines.py's table): they go to stderr with the logs.
+    with contextlib.redirect_stdout(sys.stderr):
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   except OSError:  # FileExistsError, or ENOTEMPTY when both renames passed the exists check
     builder = make_builder()
     if not builder.is_prepared():
