@@ -1,6 +1,7 @@
 """Training objectives and how they combine: `config.objectives` -> one weighted loss.
 
-  classification      cross-entropy of the fusion's classifier (the default, weight 1)
+  classification      cross-entropy of the fusion's classifier (the default, weight 1); with
+                      per-stream heads (fusion heads='per_stream') the mean of their losses
   aux_classification  mean cross-entropy of one linear head per modality on its pooled vector
   contrastive         align two modalities' pooled vectors: symmetric InfoNCE (CLIP: cosine
                       similarity times a learned inverse temperature), the sigmoid loss
@@ -320,7 +321,11 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
   labels = batch['label']
   losses = {}
   for name in active(cfg):
-    if name == 'classification':
+    if name == 'classification' and 'stream_logits' in out:  # fusion heads='per_stream'
+      w = out['stream_present'].astype(jnp.float32)  # [B, S]
+      per_stream = jnp.stack([cross_entropy(l, labels) for l in out['stream_logits']], 1)
+      losses[name] = _per_example((per_stream * w).sum(1) / jnp.maximum(w.sum(1), 1.0), mask)
+    elif name == 'classification':
       losses[name] = _per_example(cross_entropy(out['logits'], labels), mask)
     elif name == 'aux_classification':
       per_modality = [cross_entropy(l, labels) for l in out['aux_logits'].values()]

@@ -61,9 +61,11 @@ def host_cpu() -> str:
   return platform.processor() or platform.machine()
 
 
-def write(workdir: str, params: Any, parallel: str, frozen: tuple[str, ...] = ()) -> None:
+def write(workdir: str, params: Any, parallel: str, frozen: tuple[str, ...] = (),
+          trunks: dict[str, Any] | None = None) -> None:
   """Writes run_info.json for a run whose parameters are `params` (a pytree); `frozen`:
-  config.train.frozen (the counts of frozen and trainable parameters)."""
+  config.train.frozen (the counts of frozen and trainable parameters); `trunks`: the conv
+  stages each LeNet encoder runs (CrossModalModel.trunks)."""
   import jax  # pylint: disable=g-import-not-at-top
   from crossmodal import transfer  # pylint: disable=g-import-not-at-top
   from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
@@ -73,4 +75,6 @@ def write(workdir: str, params: Any, parallel: str, frozen: tuple[str, ...] = ()
           'device_count': jax.device_count(), 'process_count': jax.process_count(),
           'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
           'host_cpu': host_cpu(), 'parallel': parallel, 'code': code_version()}
+  if trunks:
+    info['trunks'] = trunks
   files.write_file(os.path.join(workdir, RUN_INFO), json.dumps(info, indent=2) + '\n')

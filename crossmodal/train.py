@@ -382,7 +382,8 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
   writer.discard_after(start_step)  # records after the checkpoint (if any) are redone now
   if jax.process_index() == 0:  # After a successful restore: a mismatched config never lands.
     config_utils.write_config(config, workdir)
-    run_info.write(workdir, state.params, tc.parallel, frozen=run.frozen)
+    run_info.write(workdir, state.params, tc.parallel, frozen=run.frozen,
+                   trunks=run.model.trunks())
   device_state = strategy.put_state(state)
   del state
 

@@ -17,6 +17,11 @@ Presets (after ':', comma-separated), e.g. --config=experiments/avmnist.py:fusio
                        (crossmodal/evaluators/), e.g. robustness, retrieval, attention
   probes=true          also a linear probe (ridge, fitted on train, tested on test) of each
                        modality's pooled encoder output: evaluators probe_image, probe_audio
+  trunk=auto|full|to_token_stage   which LeNet stages run (encoders.lenet_trunk): auto (the
+                       default) runs every stage for pooled fusions and stops attention fusions
+                       at their token stage (below); full gives attention fusions every stage
+                       (the pooled final map joins their tokens); to_token_stage stops every
+                       fusion at that stage. full/to_token_stage compare fusions on one trunk
   encoders_from=<dir>  start every encoder from that run's best checkpoint (e.g. a contrastive
                        run of avmnist_retrieval.py); locked=true then freezes them (LiT), and
                        without encoders_from locks them at their random initialisation
@@ -53,8 +58,10 @@ LENET_TOKEN_STAGES = {'image': 2, 'audio': 3}
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_utils.parse_arg(arg, fusion='concat', modalities=('image', 'audio'), image='lenet',
                              audio='lenet', variant=VARIANT, snr=SNR_DB, subset=0, steps=2000,
-                             evals=(), probes=False, encoders_from='', locked=False)
+                             evals=(), probes=False, encoders_from='', locked=False,
+                             trunk='auto')
   _check('fusion', a.fusion, tuple(fusion_lib.FUSIONS))
+  _check('trunk', a.trunk, encoders_lib.TRUNKS)
   _check('image', a.image, tuple(encoders_lib.ENCODERS['image']))
   _check('audio', a.audio, tuple(encoders_lib.ENCODERS['audio']))
   try:
@@ -91,10 +98,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = model_lib.default_model_config(
       modalities=a.modalities, fusion=a.fusion, dim=64,
       encoders={'image': a.image, 'audio': a.audio})
-  if a.fusion in TOKEN_FUSIONS:  # attend over feature-map positions, not one pooled token
-    for m, stage in LENET_TOKEN_STAGES.items():
-      if m in a.modalities and getattr(a, m) == 'lenet':
+  for m, stage in LENET_TOKEN_STAGES.items():
+    if m in a.modalities and getattr(a, m) == 'lenet':
+      # attend over feature-map positions, not one pooled token; or cut the trunk there
+      if a.fusion in TOKEN_FUSIONS or a.trunk == 'to_token_stage':
         config.model.encoders[m].token_stage = stage
+      config.model.encoders[m].trunk = a.trunk
 
   config.objectives = objectives.objectives_config()  # classification only
   config.optim = optim.optim_config(lr=1e-3, warmup_steps=100, weight_decay=1e-4)

@@ -130,7 +130,7 @@ def test_attention_errors_are_clear():
   with pytest.raises(ValueError, match='key_mask must have shape'):
     MultiHeadAttention(num_heads=2).init(key(0), q, kv,
                                          key_mask=jnp.ones((B, NK + 1), bool))
-  with pytest.raises(ValueError, match="valid choices: \\('residual', 'concat_proj'\\)"):
+  with pytest.raises(ValueError, match="valid choices: \\('residual', 'concat_proj', 'concat_proj_residual'\\)"):
     TransformerLayer(2, combine='sum').init(key(0), q)
 
 

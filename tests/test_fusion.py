@@ -21,6 +21,11 @@ PRESENT = {1: [[1], [1], [0], [0]],
 ATTENTION_TYPES = ('crossattn', 'joint', 'bottleneck')
 MIN_M = {'concat': 1, 'late': 1}
 
+# Fields every attention fusion has (_AttentionFusionBase).
+EMBEDDING_ALTERNATIVES = {
+    'positional_embeddings': [False], 'sinusoidal_positions': [True],
+    'scale_embeddings': [True], 'embedding_dropout': [0.3], 'dropout': [0.0],
+    'pooling': ['mean'], 'mlp_ratio': [2]}
 # A non-default value for every field of every type (checked to be complete below).
 ALTERNATIVES = {
     'concat': {'presence_indicator': [True]},
@@ -33,16 +38,14 @@ ALTERNATIVES = {
     'tensor': {'proj_dim': [3]},
     'lowrank_tensor': {'rank': [2], 'out_dim': [5]},
     'crossattn': {'direction': ['a->b', 'b->a'], 'num_layers': [1], 'num_heads': [2],
-                  'kv_source': ['updated'], 'combine': ['residual'],
-                  'self_attention_layers': [2], 'modality_embeddings': [False],
-                  'positional_embeddings': [False], 'dropout': [0.0], 'pooling': ['mean'],
-                  'mlp_ratio': [2]},
+                  'kv_source': ['updated'], 'combine': ['residual', 'concat_proj_residual'],
+                  'shared_norm': [True], 'self_attention_layers': [2],
+                  'modality_embeddings': [False], 'heads': ['per_stream'],
+                  **EMBEDDING_ALTERNATIVES},
     'joint': {'num_layers': [1], 'num_heads': [2], 'modality_embeddings': [False],
-              'positional_embeddings': [False], 'dropout': [0.0], 'pooling': ['mean'],
-              'mlp_ratio': [2]},
+              **EMBEDDING_ALTERNATIVES},
     'bottleneck': {'num_layers': [3], 'fusion_layer': [0, 2], 'num_bottlenecks': [2],
-                   'num_heads': [2], 'positional_embeddings': [False], 'dropout': [0.0],
-                   'pooling': ['mean'], 'mlp_ratio': [2]},
+                   'num_heads': [2], 'heads': ['per_stream'], **EMBEDDING_ALTERNATIVES},
 }
 
 
@@ -156,7 +159,8 @@ def test_switch_of_another_type_is_rejected_with_valid_fields():
 @pytest.mark.parametrize('fusion_type,overrides,match', [
     ('crossattn', {'direction': 'up'}, r"valid choices: \('a->b', 'b->a', 'both'\)"),
     ('crossattn', {'kv_source': 'last'}, r"valid choices: \('first_layer', 'updated'\)"),
-    ('crossattn', {'combine': 'sum'}, r"valid choices: \('residual', 'concat_proj'\)"),
+    ('crossattn', {'combine': 'sum'},
+     r"valid choices: \('residual', 'concat_proj', 'concat_proj_residual'\)"),
     ('joint', {'pooling': 'max'}, r"valid choices: \('cls', 'mean'\)"),
     ('gated', {'gate': 'relu'}, r"valid choices: \('sigmoid', 'softmax'\)"),
     ('joint', {'num_layers': '2'}, 'must be of type int'),
@@ -239,8 +243,10 @@ def test_concat_presence_indicator_and_crossattn_direction_shapes():
 
 
 # Switches whose effect is invisible at initialisation: zero-initialised modality logits give
-# equal weights whether they are per modality or per feature; only the parameters differ.
-PARAMS_ONLY = {('weighted', 'per_feature')}
+# equal weights whether they are per modality or per feature; LayerNorms start as the
+# identity affine map, shared or not (test_shared_norm_is_one_layernorm_for_queries_and_keys);
+# only the parameters differ.
+PARAMS_ONLY = {('weighted', 'per_feature'), ('crossattn', 'shared_norm')}
 
 
 @pytest.mark.parametrize('fusion_type', [n for n in FUSIONS if ALTERNATIVES[n]])
@@ -263,7 +269,7 @@ def test_every_switch_changes_the_output(fusion_type):
         assert shapes != base_shapes
         continue
       differs = not np.allclose(logits, base_eval, atol=1e-6)
-      if field == 'dropout':
+      if field in ('dropout', 'embedding_dropout'):
         differs = not np.allclose(train(), base_train(), atol=1e-6)
       assert differs, f'{fusion_type}.{field}={value!r} does not change the output'
 

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-COMBINES = ('residual', 'concat_proj')
+COMBINES = ('residual', 'concat_proj', 'concat_proj_residual')
 ATTENTIONS = ('einsum', 'dot_product')
 REMAT_POLICIES = {
     'none': None,
@@ -129,14 +129,17 @@ class TransformerLayer(nn.Module):
   giving h_i, combined with the layer's own state s = x by
     'residual':    z = s + sum_i h_i
     'concat_proj': z = [h_1; ...; h_k; s] W_O   (the cross-modal block's output projection;
-                   the per-head outputs enter W_O directly, without a separate projection).
-  Queries and each context pass their own LayerNorm first (as MulT). Returns
+                   the per-head outputs enter W_O directly, without a separate projection)
+    'concat_proj_residual': z = s + [h_1; ...; h_k; s] W_O   (an identity path around it)
+  Queries and each context pass their own LayerNorm first; with `shared_norm` (as MulT) one
+  LayerNorm ('norm_q') normalises the queries and every context. Returns
   `(x_out, [weights per attention] or None)`.
   """
   num_heads: int
   mlp_ratio: int = 4
   dropout: float = 0.0  # on attention weights (einsum only), attention output and MLP
   combine: str = 'residual'
+  shared_norm: bool = False
   attention: str = 'einsum'  # ATTENTIONS
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -154,7 +157,8 @@ class TransformerLayer(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     d = x.shape[-1]
     x = x.astype(self.dtype)  # the residual stream is in the compute dtype
-    y = nn.LayerNorm(name='norm_q', **kw)(x)
+    norm_q = nn.LayerNorm(name='norm_q', **kw)
+    y = norm_q(x)
     if contexts is None:
       kvs = [(y, mask)]
     else:
@@ -162,7 +166,7 @@ class TransformerLayer(nn.Module):
       if len(context_masks) != len(contexts):
         raise ValueError(f'TransformerLayer: {len(contexts)} contexts but '
                          f'{len(context_masks)} context_masks')
-      kvs = [(nn.LayerNorm(name=f'norm_kv_{i}', **kw)(c), m)
+      kvs = [((norm_q if self.shared_norm else nn.LayerNorm(name=f'norm_kv_{i}', **kw))(c), m)
              for i, (c, m) in enumerate(zip(contexts, context_masks))]
     hs, weights = [], []
     for i, (kv, kv_mask) in enumerate(kvs):
@@ -176,7 +180,8 @@ class TransformerLayer(nn.Module):
     if self.combine == 'residual':
       x = x + sum(hs)
     else:
-      x = nn.Dense(d, name='out_proj', **kw)(jnp.concatenate(hs + [x], axis=-1))
+      z = nn.Dense(d, name='out_proj', **kw)(jnp.concatenate(hs + [x], axis=-1))
+      x = x + z if self.combine == 'concat_proj_residual' else z
     z = nn.LayerNorm(name='norm_mlp', **kw)(x)
     z = nn.gelu(nn.Dense(self.mlp_ratio * d, name='mlp_in', **kw)(z))
     z = nn.Dropout(self.dropout, deterministic=not train)(z)

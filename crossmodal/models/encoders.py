@@ -40,6 +40,9 @@ class Encoded:
 NORMS = ('batch', 'layer', 'group', 'none')
 CONV_POOLS = ('avg', 'flatten')
 TOKEN_POOLS = ('cls', 'mean')
+# Which LeNet stages run (see lenet_trunk): 'auto' is 'full' when something reads the
+# pooled vector and 'to_token_stage' when only tokens are read (attention fusions).
+TRUNKS = ('auto', 'full', 'to_token_stage')
 FEATURIZERS = ('log_mel', 'mfcc')
 
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'uniform')  # torch kaiming_uniform_
@@ -140,36 +143,59 @@ def _lenet_trunk(enc: _EncoderBase, x: jax.Array, train: bool,
   return stages
 
 
-def _lenet_encoded(enc: _EncoderBase, x: jax.Array, train: bool) -> Encoded:
-  """LeNet trunk; pooled from the final map (as MultiBench), tokens from `token_stage`."""
+def lenet_trunk(enc: _EncoderBase) -> dict[str, Any]:
+  """Which stages a LeNet encoder runs, as run_info.json records it.
+
+  'full': every stage; pooled from the final map, tokens from `token_stage`. When the tokens
+    are read (attention fusions) and come from an earlier stage, the pooled vector joins them
+    as one more token (`summary_token`), so that the later stages reach the loss and every
+    fusion type reads the same trunk.
+  'to_token_stage': the stages up to `token_stage`; the pooled vector (if read) comes from the
+    token stage's map.
+  'auto': every stage if the pooled vector is read (without the summary token), else
+    'to_token_stage': the trunks of the fusion study before the `trunk` switch.
+  """
   n = enc.extra_layers + 1
   if not -n <= enc.token_stage < n:
     raise ValueError(f'{type(enc).__name__}.token_stage={enc.token_stage} is out of range for '
                      f'{n} conv stages (extra_layers={enc.extra_layers}); valid: {-n}..{n - 1}')
   token_stage = enc.token_stage % n
-  stages = _lenet_trunk(enc, x, train, None if enc.with_pooled else token_stage + 1)
-  return _map_to_encoded(enc, stages[-1], stages[token_stage])
+  trunk = enc.trunk if enc.trunk != 'auto' else (
+      'full' if enc.with_pooled else 'to_token_stage')
+  stages = n if trunk == 'full' else token_stage + 1
+  return {'trunk': trunk, 'stages': stages, 'of': n, 'token_stage': token_stage,
+          'summary_token': bool(enc.trunk == 'full' and enc.with_tokens
+                                and stages > token_stage + 1)}
 
 
-def _map_to_encoded(enc: _EncoderBase, fmap: jax.Array, token_map: jax.Array) -> Encoded:
-  """Conv maps [B,h,w,C] -> tokens (positions of `token_map` projected to D) and pooled
-  (`fmap` globally averaged or flattened, then projected to D)."""
+def _lenet_encoded(enc: _EncoderBase, x: jax.Array, train: bool) -> Encoded:
+  """LeNet trunk (lenet_trunk says which stages); pooled from its final map (as MultiBench),
+  tokens from `token_stage`."""
+  t = lenet_trunk(enc)
+  maps = _lenet_trunk(enc, x, train, t['stages'])
+  return _map_to_encoded(enc, maps[-1], maps[t['token_stage']], t['summary_token'])
+
+
+def _map_to_encoded(enc: _EncoderBase, fmap: jax.Array, token_map: jax.Array,
+                    summary_token: bool = False) -> Encoded:
+  """Conv maps [B,h,w,C] -> tokens (positions of `token_map` projected to D, then the pooled
+  vector as one more token if `summary_token`) and pooled (`fmap` globally averaged or
+  flattened, then projected to D)."""
   default_pool = next(f.default for f in dataclasses.fields(enc) if f.name == 'pool')
   if not (enc.with_tokens or enc.with_pooled):
     raise ValueError(f'{type(enc).__name__}: with_tokens and with_pooled are both False')
-  if not enc.with_pooled:
+  b, h, w, c = token_map.shape
+  if not (enc.with_pooled or summary_token):
     if enc.pool != default_pool:
       raise ValueError(f'{type(enc).__name__}: pool={enc.pool!r} has no effect with an '
                        f'attention fusion (it reads tokens, not the pooled vector); leave pool '
                        f'at {default_pool!r}')
-    b, h, w, c = token_map.shape
     tokens = nn.Dense(enc.dim, name='token_proj', **enc._kw)(token_map.reshape(b, h * w, c))
     return Encoded(tokens=tokens, mask=jnp.ones((b, h * w), bool), pooled=None)
   if fmap.shape[1:3] == (1, 1) and enc.pool != default_pool:
     raise ValueError(f'{type(enc).__name__}: pool={enc.pool!r} has no effect on a 1x1 final '
                      f'map (avg and flatten agree); leave pool at {default_pool!r}, or use a '
                      'larger input or fewer layers')
-  b, h, w, c = token_map.shape
   if enc.pool == 'avg':
     summary = fmap.mean(axis=(1, 2))
   else:  # 'flatten': MultiBench flattens the final map (1x1 on AV-MNIST)
@@ -178,7 +204,9 @@ def _map_to_encoded(enc: _EncoderBase, fmap: jax.Array, token_map: jax.Array) ->
   if not enc.with_tokens:
     return Encoded(tokens=None, mask=None, pooled=pooled)
   tokens = nn.Dense(enc.dim, name='token_proj', **enc._kw)(token_map.reshape(b, h * w, c))
-  return Encoded(tokens=tokens, mask=jnp.ones((b, h * w), bool), pooled=pooled)
+  if summary_token:
+    tokens = jnp.concatenate([tokens, pooled[:, None].astype(tokens.dtype)], axis=1)
+  return Encoded(tokens=tokens, mask=jnp.ones(tokens.shape[:2], bool), pooled=pooled)
 
 
 def _transformer(enc: _EncoderBase, tokens: jax.Array, mask: jax.Array, train: bool,
@@ -236,12 +264,14 @@ class ImageLeNet(_EncoderBase):
   The final map is a single token; attention fusions get more with token_stage=2 (3x3x24).
   pixel_mean/std default to no normalisation: MultiBench feeds pixels scaled to [0, 1].
   """
-  CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {'norm': NORMS, 'pool': CONV_POOLS}
+  CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {
+      'norm': NORMS, 'pool': CONV_POOLS, 'trunk': TRUNKS}
   base_channels: int = 6
   extra_layers: int = 3
   norm: str = 'batch'
   pool: str = 'flatten'
   token_stage: int = -1  # conv stage whose map gives the tokens (-1: final, 1x1 on 28x28)
+  trunk: str = 'auto'  # TRUNKS; which stages run (lenet_trunk)
   pixel_mean: tuple[float, ...] = (0.0,)
   pixel_std: tuple[float, ...] = (1.0,)
 
@@ -341,12 +371,13 @@ class AudioLeNet(_AudioEncoderBase):
   device from the raw waveform. The final map is 1x1x192 (on MultiBench's 112x112 and on our
   101x64 log-mel of 1 s); token_stage=3 gives 6x4 tokens for attention fusions."""
   CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {
-      'norm': NORMS, 'pool': CONV_POOLS, 'featurizer': FEATURIZERS}
+      'norm': NORMS, 'pool': CONV_POOLS, 'featurizer': FEATURIZERS, 'trunk': TRUNKS}
   base_channels: int = 6
   extra_layers: int = 5
   norm: str = 'batch'
   pool: str = 'flatten'
   token_stage: int = -1  # conv stage whose map gives the tokens (-1: final, 1x1 on 101x64)
+  trunk: str = 'auto'  # TRUNKS; which stages run (lenet_trunk)
 
   @nn.compact
   def __call__(self, waveform: jax.Array, train: bool = False) -> Encoded:

@@ -8,7 +8,8 @@ ablation is one override. Every fusion has the same call:
     out = fusion(encoded: dict[str, Encoded], present: [B, M] bool | None, train,
                  return_attention=False)
     out = {'logits': [B, C] float32, 'fused': [B, Df] (None for 'late'),
-           'attention': {name: [B, heads, Nq, Nk]}  # only if return_attention
+           'attention': {name: [B, heads, Nq, Nk]},  # only if return_attention
+           'stream_logits': [S, B, C], 'stream_present': [B, S]  # only heads='per_stream'
           }
 
 `present[:, i]` says whether example b has modality `modalities[i]`. A missing modality never
@@ -35,6 +36,9 @@ from crossmodal.models.encoders import Encoded
 from crossmodal.models.heads import MLPHead
 
 POOLINGS = ('cls', 'mean')
+# 'shared': one classifier on the fused vector; 'per_stream' (MBT): one per modality stream,
+# the mean of their losses in training (objectives.compute), of their logits otherwise.
+HEADS = ('shared', 'per_stream')
 DIRECTIONS = ('a->b', 'b->a', 'both')
 KV_SOURCES = ('first_layer', 'updated')
 GATES = ('sigmoid', 'softmax')
@@ -62,6 +66,7 @@ class _FusionBase(nn.Module):
   choices = {}  # str field -> valid values
   positive = ()  # int fields that must be >= 1
   non_negative = ()  # int fields that must be >= 0
+  fractions = ()  # float fields in [0, 1) besides `dropout`
 
   @classmethod
   def config_defaults(cls) -> dict[str, Any]:
@@ -76,8 +81,8 @@ class _FusionBase(nn.Module):
     rules = {**{f: schema.int_at_least(1) for f in cls.positive},
              **{f: schema.int_at_least(0) for f in cls.non_negative}}
     defaults = cls.config_defaults()
-    if 'dropout' in defaults:
-      rules['dropout'] = schema.FRACTION
+    for f in ('dropout',) * ('dropout' in defaults) + tuple(cls.fractions):
+      rules[f] = schema.FRACTION
     values = schema.check(WHERE, values, defaults, choices=cls.choices, rules=rules)
     if num_modalities is not None and num_modalities < cls.min_modalities:
       raise schema.ConfigError(
@@ -342,39 +347,85 @@ class LowRankTensorFusion(_FusionBase):
 # ----------------------------------------------------------------------------- attention fusions
 
 
+def sinusoidal_positions(n: int, d: int) -> jax.Array:
+  """[n, d] fixed positions as MulT's (fairseq's SinusoidalPositionalEmbedding): positions
+  1..n, sines of d//2 geometric frequencies then their cosines, a zero column if d is odd."""
+  half = d // 2
+  freq = jnp.exp(jnp.arange(half) * -(math.log(10000.0) / max(half - 1, 1)))
+  angles = jnp.arange(1, n + 1)[:, None] * freq[None]
+  return jnp.pad(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1),
+                 ((0, 0), (0, d % 2)))
+
+
 class _AttentionFusionBase(_FusionBase):
   """Shared pieces of the token-level fusions: embeddings, class tokens, pooling; and the
-  fields of their transformer layers."""
+  fields of their transformer layers.
+
+  Token embedding (docs/fusion.md compares it with MulT): x = tokens * (sqrt(d) if
+  scale_embeddings) + positions (learned, or fixed sinusoids if sinusoidal_positions) +
+  modality embedding, then dropout at `embedding_dropout`.
+  """
   num_layers: int = 2
   num_heads: int = 4
   positional_embeddings: bool = True
+  sinusoidal_positions: bool = False
+  scale_embeddings: bool = False
+  embedding_dropout: float = 0.0
   dropout: float = 0.1
   pooling: str = 'cls'
   mlp_ratio: int = 4
   positive = ('num_layers', 'num_heads', 'mlp_ratio')
   choices = {'pooling': POOLINGS}
+  fractions = ('embedding_dropout',)
 
-  def _layer(self, name: str, combine: str = 'residual'):
+  @classmethod
+  def _check_type(cls, values, num_modalities):
+    if values['sinusoidal_positions'] and not values['positional_embeddings']:
+      raise schema.ConfigError(
+          f"fusion {_type_name(cls)!r}: sinusoidal_positions=True needs "
+          'positional_embeddings=True (it chooses their kind)')
+
+  def _layer(self, name: str, combine: str = 'residual', shared_norm: bool = False):
     return transformer_layer(self.remat, name=name, num_heads=self.num_heads,
                              mlp_ratio=self.mlp_ratio, dropout=self.dropout, combine=combine,
-                             attention=self.attention, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+                             shared_norm=shared_norm, attention=self.attention,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
 
-  def _tokens(self, i: int, e: Encoded, present: jax.Array, modality_embedding: bool
-              ) -> tuple[jax.Array, jax.Array]:
-    """Modality i's tokens with the switched-on embeddings, and mask & present."""
+  def _tokens(self, i: int, e: Encoded, present: jax.Array, modality_embedding: bool,
+              train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Modality i's embedded tokens (class docstring), and mask & present."""
     m, (_, n, d) = self.modalities[i], e.tokens.shape
     if d % self.num_heads:
       raise ValueError(f'fusion {_type_name(type(self))!r}: token dim {d} of {m!r} is not '
                        f'divisible by num_heads={self.num_heads}')
     x = e.tokens.astype(self.dtype)
-    if self.positional_embeddings:
+    if self.scale_embeddings:
+      x = x * jnp.asarray(math.sqrt(d), self.dtype)
+    if self.positional_embeddings and self.sinusoidal_positions:
+      x = x + sinusoidal_positions(n, d).astype(self.dtype)
+    elif self.positional_embeddings:
       x = x + self.param(f'pos_embedding_{m}', _embed_init, (n, d), self.param_dtype
                          ).astype(self.dtype)
     if modality_embedding:
       x = x + self.param(f'modality_embedding_{m}', _embed_init, (d,), self.param_dtype
                          ).astype(self.dtype)
+    x = nn.Dropout(self.embedding_dropout, deterministic=not train)(x)
     return x, e.mask.astype(bool) & present[:, i, None]
+
+  def _finish_streams(self, pooled: list[jax.Array], streams: list[int], present: jax.Array,
+                      fused: jax.Array, train: bool, attention: dict, return_attention: bool
+                      ) -> dict[str, Any]:
+    """heads='per_stream' (MBT): a classifier per stream ('head_<modality>'); logits = mean
+    of the present streams' logits; objectives.compute averages their losses."""
+    logits = jnp.stack([self._head(p, train, f'head_{self.modalities[s]}')
+                        for p, s in zip(pooled, streams)])  # [S, B, C]
+    valid = present[:, jnp.asarray(streams)]  # [B, S]
+    w = valid.T.astype(jnp.float32)[..., None]
+    out = {'logits': (logits * w).sum(0) / jnp.maximum(w.sum(0), 1.0), 'fused': fused,
+           'stream_logits': logits, 'stream_present': valid}
+    if return_attention:
+      out['attention'] = attention
+    return out
 
   def _with_cls(self, name: str, x: jax.Array, mask: jax.Array, valid: jax.Array
                 ) -> tuple[jax.Array, jax.Array]:
@@ -421,14 +472,17 @@ class CrossAttentionFusion(_AttentionFusionBase):
   direction: str = 'both'
   kv_source: str = 'first_layer'
   combine: str = 'concat_proj'
+  shared_norm: bool = False
   self_attention_layers: int = 1
   modality_embeddings: bool = True
+  heads: str = 'shared'
   choices = {'direction': DIRECTIONS, 'kv_source': KV_SOURCES, 'combine': COMBINES,
-             'pooling': POOLINGS}
+             'pooling': POOLINGS, 'heads': HEADS}
   non_negative = ('self_attention_layers',)
 
   @classmethod
   def _check_type(cls, values, num_modalities):
+    super()._check_type(values, num_modalities)
     if values['pooling'] == 'cls' and values['self_attention_layers'] == 0:
       raise schema.ConfigError(
           "fusion 'crossattn': pooling='cls' needs self_attention_layers >= 1 (cross-attention "
@@ -458,7 +512,7 @@ class CrossAttentionFusion(_AttentionFusionBase):
     encs, present = self._prepare(encoded, present)
     names = self.modalities
     targets, sources = self._routes()
-    tokens, masks = zip(*[self._tokens(i, e, present, self.modality_embeddings)
+    tokens, masks = zip(*[self._tokens(i, e, present, self.modality_embeddings, train)
                           for i, e in enumerate(encs)])
     cls = self.pooling == 'cls'
     states, state_masks = dict(enumerate(tokens)), dict(enumerate(masks))
@@ -478,7 +532,7 @@ class CrossAttentionFusion(_AttentionFusionBase):
               for s in range(len(encs))}
       new = {}
       for t in targets:
-        new[t], ws = self._layer(f'cross_{layer}_{names[t]}', self.combine)(
+        new[t], ws = self._layer(f'cross_{layer}_{names[t]}', self.combine, self.shared_norm)(
             states[t], [kv[s][0] for s in sources[t]], mask=state_masks[t],
             context_masks=[kv[s][1] for s in sources[t]], train=train,
             return_weights=return_attention)
@@ -499,7 +553,11 @@ class CrossAttentionFusion(_AttentionFusionBase):
         if ws:
           attention[f'self_{j}/{names[t]}'] = ws[0]
       pooled.append(self._pool(f'norm_{names[t]}', x, state_masks[t]))
-    return self._finish(jnp.concatenate(pooled, axis=-1), train, attention, return_attention)
+    fused = jnp.concatenate(pooled, axis=-1)
+    if self.heads == 'per_stream':
+      return self._finish_streams(pooled, targets, present, fused, train, attention,
+                                  return_attention)
+    return self._finish(fused, train, attention, return_attention)
 
 
 class JointAttentionFusion(_AttentionFusionBase):
@@ -515,7 +573,7 @@ class JointAttentionFusion(_AttentionFusionBase):
   @nn.compact
   def __call__(self, encoded, present=None, train: bool = False, return_attention: bool = False):
     encs, present = self._prepare(encoded, present)
-    tokens, masks = zip(*[self._tokens(i, e, present, self.modality_embeddings)
+    tokens, masks = zip(*[self._tokens(i, e, present, self.modality_embeddings, train)
                           for i, e in enumerate(encs)])
     x, mask = jnp.concatenate(tokens, axis=1), jnp.concatenate(masks, axis=1)
     if self.pooling == 'cls':
@@ -542,11 +600,14 @@ class BottleneckFusion(_AttentionFusionBase):
   """
   fusion_layer: int = 1
   num_bottlenecks: int = 4
+  heads: str = 'shared'
   positive = ('num_layers', 'num_heads', 'mlp_ratio', 'num_bottlenecks')
   non_negative = ('fusion_layer',)
+  choices = {'pooling': POOLINGS, 'heads': HEADS}
 
   @classmethod
   def _check_type(cls, values, num_modalities):
+    super()._check_type(values, num_modalities)
     if not 0 <= values['fusion_layer'] <= values['num_layers']:
       raise schema.ConfigError(
           f"fusion 'bottleneck': fusion_layer={values['fusion_layer']} must be in "
@@ -564,7 +625,7 @@ class BottleneckFusion(_AttentionFusionBase):
     names = self.modalities
     xs, masks = [], []
     for i, e in enumerate(encs):
-      x, mask = self._tokens(i, e, present, modality_embedding=False)
+      x, mask = self._tokens(i, e, present, False, train)
       if self.pooling == 'cls':
         x, mask = self._with_cls(f'cls_{names[i]}', x, mask, present[:, i])
       xs.append(x)
@@ -595,7 +656,11 @@ class BottleneckFusion(_AttentionFusionBase):
         mean = _present_mean([u.reshape(b, -1) for u in updates], present).reshape(bottleneck.shape)
         bottleneck = jnp.where(any_present, mean, bottleneck)
     pooled = [self._pool(f'norm_{m}', x, mask) for m, x, mask in zip(names, xs, masks)]
-    return self._finish(_present_mean(pooled, present), train, attention, return_attention)
+    fused = _present_mean(pooled, present)
+    if self.heads == 'per_stream':
+      return self._finish_streams(pooled, list(range(len(names))), present, fused, train,
+                                  attention, return_attention)
+    return self._finish(fused, train, attention, return_attention)
 
 
 # ----------------------------------------------------------------------------- registry

@@ -77,6 +77,22 @@ class CrossModalModel(nn.Module):
   attention: str = 'einsum'
   remat: str = 'none'
 
+  @nn.nowrap
+  def encoder(self, modality: str) -> nn.Module:
+    """The encoder of `modality`, built as __call__ builds it (tokens for attention fusions,
+    pooled vectors for the others or when an objective reads them)."""
+    with_tokens = fusion_lib.uses_tokens(self.fusion.type)
+    return encoders_lib.build_encoder(
+        modality, self.encoders[modality], self.dim, dtype=self.dtype, axis_name=self.axis_name,
+        with_tokens=with_tokens, with_pooled=self.pooled or not with_tokens,
+        attention=self.attention, remat=self.remat, name=f'{modality}_encoder')
+
+  @nn.nowrap
+  def trunks(self) -> dict[str, dict[str, Any]]:
+    """{modality: which conv stages its encoder runs} for the LeNet encoders (run_info.json)."""
+    return {m: encoders_lib.lenet_trunk(e) for m in self.modalities
+            if hasattr(e := self.encoder(m), 'trunk')}
+
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], present: jax.Array | None = None,
                train: bool = False, return_attention: bool = False) -> dict[str, Any]:
@@ -94,15 +110,8 @@ class CrossModalModel(nn.Module):
                        f'modalities {list(self.modalities)}), got {present.shape}')
     present = present.astype(bool)
 
-    encoded = {}
-    with_tokens = fusion_lib.uses_tokens(self.fusion.type)
-    for m in self.modalities:
-      encoder = encoders_lib.build_encoder(m, self.encoders[m], self.dim, dtype=self.dtype,
-                                           axis_name=self.axis_name, with_tokens=with_tokens,
-                                           with_pooled=self.pooled or not with_tokens,
-                                           attention=self.attention, remat=self.remat,
-                                           name=f'{m}_encoder')
-      encoded[m] = encoder(batch[m], train=train and m not in self.frozen_encoders)
+    encoded = {m: self.encoder(m)(batch[m], train=train and m not in self.frozen_encoders)
+               for m in self.modalities}
     fusion = fusion_lib.build_fusion(self.fusion, modalities=self.modalities,
                                      num_classes=self.num_classes, head_hidden=self.head,
                                      dropout=self.dropout, dtype=self.dtype,
@@ -117,6 +126,9 @@ class CrossModalModel(nn.Module):
         # The fusion's fused vector [B, Df] (None for late fusion): what a linear probe reads.
         'fused': None if fused['fused'] is None else fused['fused'].astype(jnp.float32),
     }
+    if 'stream_logits' in fused:  # per-stream heads: objectives.compute averages their losses
+      out['stream_logits'] = fused['stream_logits'].astype(jnp.float32)
+      out['stream_present'] = fused['stream_present']
     if return_attention:
       out['attention'] = fused.get('attention', {})
     if self.aux_heads:
