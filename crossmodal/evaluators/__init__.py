@@ -9,6 +9,8 @@
   attention       pictures of an attention fusion's attention maps
   linear_probe    accuracy of a ridge or logistic classifier fitted on the train split's frozen
                   embeddings (a modality's pooled vector or the fused one)
+  streams         where a missing modality breaks crossattn: its own stream's block vs its
+                  keys in the other streams, and ridge probes of each stream without it
 
 `config.evaluators.<name>` gives one evaluator's options; `type` says which class (default:
 the name itself, so `config.evaluators.retrieval` is a retrieval evaluator) and `every` how
@@ -33,6 +35,7 @@ from crossmodal.evaluators import linear_probe
 from crossmodal.evaluators import reconstruction
 from crossmodal.evaluators import retrieval
 from crossmodal.evaluators import robustness
+from crossmodal.evaluators import streams
 from crossmodal.evaluators import zero_shot
 from crossmodal.evaluators.common import Engine, Predict, passes  # what the loop uses
 
@@ -44,6 +47,7 @@ REGISTRY: dict[str, type[common.Evaluator]] = {
     'reconstruction': reconstruction.Evaluator,
     'attention': attention.Evaluator,
     'linear_probe': linear_probe.Evaluator,
+    'streams': streams.Evaluator,
 }
 
 
