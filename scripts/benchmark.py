@@ -35,6 +35,7 @@ from crossmodal.data import features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AVMNIST = os.path.join(REPO, 'experiments', 'avmnist.py')
+BASE = os.path.join(REPO, 'experiments', 'base.py')
 
 
 @dataclasses.dataclass
@@ -48,12 +49,13 @@ class Sizes:
   pipeline_steps: int = 40
   scaling_tokens: tuple[int, ...] = (16, 64, 256)
   scaling_batches: tuple[int, ...] = (32, 128)
+  transformer: str = 'small'  # experiments/base.py size for the utilisation section
 
 
 QUICK = Sizes(steps=8, repeats=3, clips=200, matmul=1024, pipeline_steps=16,
               scaling_tokens=(16, 64), scaling_batches=(32,))
 TINY = Sizes(batch_sizes=(8,), steps=2, repeats=2, clips=8, matmul=128, pipeline_steps=4,
-             scaling_tokens=(8,), scaling_batches=(4,))
+             scaling_tokens=(8,), scaling_batches=(4,), transformer='tiny')
 
 
 def timed(fn: Callable[[], Any], steps: int, repeats: int) -> list[float]:
@@ -88,12 +90,13 @@ def sgd_config(fusion: str = 'concat'):
   return config
 
 
-def jax_train_fn(config, batch: dict[str, np.ndarray]):
+def jax_train_fn(config, batch: dict[str, np.ndarray], num_classes: int = 10):
   """(step() -> blocks, compiled step, state) for one device, as the training loop builds it."""
-  model = train.build_model(config, 10, axis_name=None)
+  model = train.build_model(config, num_classes, axis_name=None)
   tx = optim.make_optimizer(config.optim, 1000)
   state = jax.jit(train.make_init_fn(model, tx, batch))(jax.random.PRNGKey(0))
-  step = jax.jit(train.make_train_step(model, tx, None), donate_argnums=(0,))
+  step = jax.jit(train.make_train_step(model, tx, None, objectives=config.get('objectives')),
+                 donate_argnums=(0,))
   device_batch = jax.device_put(batch)
   holder = {'state': state}
 
@@ -159,6 +162,17 @@ def peak_matmul_flops(n: int, sizes: Sizes) -> float:
   return 2 * n ** 3 / float(np.median(seconds))
 
 
+def transformer_case(size: str):
+  """(label, config, batch): experiments/base.py at `size` on one batch of its synthetic data."""
+  from crossmodal.data import input_pipeline, synthetic  # pylint: disable=g-import-not-at-top
+  config = config_utils.load_config_file(f'{BASE}:size={size}')
+  source = synthetic.get_data_source('train', config.data.synthetic)
+  examples = [input_pipeline.to_model_example(source[i])
+              for i in range(config.data.global_batch_size)]
+  batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  return f'transformers (base.py size={size})', config, batch
+
+
 def section_utilisation(sizes: Sizes) -> list[str]:
   peak = peak_matmul_flops(sizes.matmul, sizes)
   rows = [f'Peak: jitted float32 {sizes.matmul}x{sizes.matmul} matmul, {peak / 1e9:.1f} GFLOP/s.',
@@ -166,17 +180,20 @@ def section_utilisation(sizes: Sizes) -> list[str]:
           '| model | batch | GFLOP per step (XLA cost analysis) | steps/s | GFLOP/s | '
           'utilisation |', '|---|---|---|---|---|---|']
   b = max(sizes.batch_sizes)
-  for fusion in ('concat', 'crossattn'):
-    config = sgd_config(fusion)
-    batch = random_batches(b, 1)[0]
+  cases = [(fusion, sgd_config(fusion), random_batches(b, 1)[0])
+           for fusion in ('concat', 'crossattn')]
+  cases.append(transformer_case(sizes.transformer))
+  for i, (label, config, batch) in enumerate(cases):
+    steps = sizes.steps if i < 2 else max(2, sizes.steps // 4)  # a transformer step takes seconds
     run, step, state, device_batch = jax_train_fn(config, batch)
     cost = step.lower(state, device_batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get('flops', float('nan')))
-    seconds = float(np.median(timed(run, sizes.steps, sizes.repeats)))
+    seconds = float(np.median(timed(run, steps, sizes.repeats)))
     achieved = flops / seconds
-    rows.append(f'| {fusion} | {b} | {flops / 1e9:.2f} | {1 / seconds:.2f} | '
+    rows.append(f'| {label} | {len(batch["label"])} | {flops / 1e9:.2f} | {1 / seconds:.2f} | '
                 f'{achieved / 1e9:.1f} | {100 * achieved / peak:.1f}% |')
+    del run, step, state, device_batch
   return rows
 
 

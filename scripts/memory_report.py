@@ -8,6 +8,9 @@ For each layout and per-device batch the script builds the abstract train state 
 initialised), lowers and compiles the jitted train step for `--devices` simulated CPU devices
 with the state and batch shardings training uses (parallel.JitParallel), and reads:
   parameters, optimizer state  bytes of this device's shards (from the shardings)
+  saved activations            what the forward pass keeps for the backward pass (JAX's
+                               residuals of the loss's VJP, the arguments not counted): the
+                               memory remat trades for FLOPs, independent of the compiler
   temporaries                  compiled.memory_analysis().temp_size_in_bytes
   total                        argument + output - aliased (donated state) + temporaries: what
                                one device holds at the step's peak in XLA's buffer assignment
@@ -15,8 +18,11 @@ with the state and batch shardings training uses (parallel.JitParallel), and rea
                                divided by the per-device batch
 This is XLA's CPU buffer assignment: a TPU or GPU compiler fuses and schedules differently,
 so read the totals as estimates of an accelerator's, and the differences between layouts as
-the point. The 'fits' columns compare the total with 16 and 32 GB (GiB here, 2^30 bytes)
-with nothing else on the device.
+the point. XLA's CPU compiler drops remat's optimization barriers (none is left in the
+compiled HLO) and its temporaries hardly fall with remat, while the FLOPs show the
+recomputation: the saved-activations column shows what remat removes.
+The 'fits' columns compare the total with 16 and 32 GB (GiB here, 2^30 bytes) with nothing
+else on the device.
 """
 from __future__ import annotations
 
@@ -52,6 +58,9 @@ if ARGS is not None:  # before JAX starts
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
+# Not public: jax.ad_checkpoint only prints it. jax is pinned (pyproject.toml) and
+# tests/test_memory_report.py runs this.
+from jax._src.ad_checkpoint import saved_residuals  # pylint: disable=wrong-import-position
 
 from crossmodal import config_utils  # pylint: disable=wrong-import-position
 from crossmodal import optim  # pylint: disable=wrong-import-position
@@ -77,6 +86,19 @@ def shard_bytes(tree) -> int:
                  for x in jax.tree.leaves(tree)))
 
 
+def saved_activation_bytes(model, shapes, batch) -> int:
+  """Bytes the forward pass of one device's batch keeps for the backward pass (traced, not
+  compiled): the residuals of the loss's VJP other than its arguments."""
+  def loss(params, batch_stats, batch):
+    out, _ = model.apply(train._variables(params, batch_stats), batch,  # pylint: disable=protected-access
+                         train=True, rngs={'dropout': jax.random.PRNGKey(0)},
+                         mutable=['batch_stats'])
+    return sum(jnp.sum(x) for x in jax.tree.leaves(out))
+  residuals = saved_residuals(loss, shapes.params, shapes.batch_stats, batch)
+  return int(sum(np.prod(aval.shape, dtype=np.int64) * aval.dtype.itemsize
+                 for aval, source in residuals if not source.startswith('from the argument')))
+
+
 def analyse(config, layout: str, per_device_batch: int, num_classes: int = 10) -> dict:
   """One compiled train step's per-device numbers."""
   mesh, remat = LAYOUTS[layout]
@@ -89,6 +111,7 @@ def analyse(config, layout: str, per_device_batch: int, num_classes: int = 10) -
   batch = batch_shapes(config, per_device_batch * jax.device_count())
   init = train.make_init_fn(model, tx, batch)
   shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+  saved = saved_activation_bytes(model, shapes, batch_shapes(config, per_device_batch))
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        shapes, strategy.state_sharding(shapes))
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=strategy.batch_sharding)
@@ -104,7 +127,8 @@ def analyse(config, layout: str, per_device_batch: int, num_classes: int = 10) -
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
            - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   return {'layout': layout, 'batch': per_device_batch, 'params': shard_bytes(state.params),
-          'opt_state': shard_bytes(state.opt_state), 'temp': memory.temp_size_in_bytes,
+          'opt_state': shard_bytes(state.opt_state), 'saved_activations': saved,
+          'temp': memory.temp_size_in_bytes,
           'total': total, 'gflop_per_example': cost.get('flops', float('nan')) / 1e9
           / per_device_batch, 'compile_s': compile_s}
 
@@ -112,11 +136,12 @@ def analyse(config, layout: str, per_device_batch: int, num_classes: int = 10) -
 def table(rows) -> str:
   gib = lambda b: f'{b / GIB:.2f}'
   lines = ['| layout | per-device batch | parameters (GiB) | optimizer state (GiB) | '
-           'temporaries (GiB) | total (GiB) | fits 16 GB | fits 32 GB | GFLOP / example |',
-           '|---|---|---|---|---|---|---|---|---|']
+           'saved activations (GiB) | temporaries (GiB) | total (GiB) | fits 16 GB | '
+           'fits 32 GB | GFLOP / example |', '|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(f"| {r['layout']} | {r['batch']} | {gib(r['params'])} | "
-                 f"{gib(r['opt_state'])} | {gib(r['temp'])} | {gib(r['total'])} | "
+                 f"{gib(r['opt_state'])} | {gib(r['saved_activations'])} | {gib(r['temp'])} | "
+                 f"{gib(r['total'])} | "
                  f"{'yes' if r['total'] <= 16 * GIB else 'no'} | "
                  f"{'yes' if r['total'] <= 32 * GIB else 'no'} | "
                  f"{r['gflop_per_example']:.1f} |")

@@ -41,7 +41,8 @@ def test_tiny_benchmark_reports_every_measured_section(benchmark, tmp_path):
   scaling = _rows(text, 'Cross-attention block')
   assert len(scaling) == 1 and float(scaling[0].split('|')[3]) > 0
   utilisation = _rows(text, 'Hardware utilisation')
-  assert [r.split('|')[1].strip() for r in utilisation] == ['concat', 'crossattn']
+  assert [r.split('|')[1].strip() for r in utilisation] == [
+      'concat', 'crossattn', 'transformers (base.py size=tiny)']
   for row in utilisation:
     gflop, percent = float(row.split('|')[3]), row.split('|')[6].strip()
     assert gflop > 0 and re.fullmatch(r'\d+\.\d%', percent)

@@ -34,23 +34,27 @@ def test_filter_keeps_own_lines_and_library_warnings_only():
   assert keep(_record(own, logging.WARNING, 'Using custom data configuration: %s', 'c'))
 
 
-def _run(workdir, *flags):
+def _run(workdir, *flags, env=None):
   r = subprocess.run(
       [sys.executable, '-m', 'crossmodal.main', f'--config={SYNTHETIC}:size=tiny,steps=4',
        f'--workdir={workdir}', *flags],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+      cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert r.returncode == 0, r.stderr[-3000:]
   return r.stdout + r.stderr
 
 
 @pytest.mark.slow
 def test_orbax_save_lines_only_with_verbosity_1(tmp_path):
-  console = _run(tmp_path / 'quiet')
+  # Both runs train the same model: the second loads its XLA programs from the first's
+  # persistent compilation cache (as test_ablate's runs do) instead of compiling them again.
+  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'jax_cache'),
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+  console = _run(tmp_path / 'quiet', env=env)
   assert ORBAX_SAVE_LINE not in console, console
   assert 'checkpoint_manager.py' not in console, console
   for own in ('main.py', 'metrics.py', '[train] step 4:', '[validation] step 4:',
               'trained to step 4: test:', 'evaluated the best checkpoint: test:'):
     assert own in console, (own, console)
-  verbose = _run(tmp_path / 'verbose', '--verbosity=1')
+  verbose = _run(tmp_path / 'verbose', '--verbosity=1', env=env)
   assert ORBAX_SAVE_LINE in verbose
   assert '[train] step 4:' in verbose and 'trained to step 4: test:' in verbose

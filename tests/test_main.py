@@ -167,15 +167,19 @@ def test_cli_bad_preset_argument(tmp_path):
 
 def test_cli_train_and_eval_writes_resolved_config(tmp_path):
   workdir = tmp_path / 'w'
+  # --mode=eval runs the model the training run compiled: it loads those XLA programs from a
+  # persistent compilation cache in tmp_path (as test_ablate's runs do) instead of compiling.
+  cache = {'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'jax_cache'),
+           'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
   r = _main([f'--config={SYNTHETIC}:size=tiny,steps=4', f'--workdir={workdir}',
-             '--config.optim.lr=0.002', '--config.evaluators.validation.every=2'])
+             '--config.optim.lr=0.002', '--config.evaluators.validation.every=2'], env=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   config = json.load(open(workdir / 'config.json'))
   assert config['optim']['lr'] == 0.002 and config['train']['num_steps'] == 4
   assert 'trained to step 4: test: {' in r.stdout
   assert 'evaluated the best checkpoint: validation: {' in r.stdout
   r = _main([f'--config={SYNTHETIC}:size=tiny,steps=4', f'--workdir={workdir}', '--mode=eval',
-             '--checkpoint=2'])
+             '--checkpoint=2'], env=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'evaluated the 2 checkpoint: test: {' in r.stdout
 

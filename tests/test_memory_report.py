@@ -29,3 +29,22 @@ def test_fsdp_halves_the_state_per_device_and_temporaries_grow_with_the_batch(tm
   for r in rows.values():
     assert r['total'] >= r['params'] + r['opt_state'] + r['temp']
     assert r['gflop_per_example'] > 0
+
+
+def test_saved_activations_fall_with_remat():
+  """The saved-activations column (JAX's residuals of the loss's VJP, traced, not compiled):
+  what remat trades for FLOPs. With 'full' only each layer's input is kept."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from crossmodal import config_utils, optim, train  # pylint: disable=import-outside-toplevel
+  report = config_utils.load_module(os.path.join(REPO, 'scripts', 'memory_report.py'),
+                                    'memory_report')
+  saved = {}
+  for remat in ('none', 'full'):
+    config = config_utils.load_config_file(
+        os.path.join(REPO, 'experiments', 'base.py') + f':size=tiny,remat={remat}')
+    model = train.build_model(config, 10, axis_name=None)
+    batch = report.batch_shapes(config, 4)
+    init = train.make_init_fn(model, optim.make_optimizer(config.optim, 10), batch)
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+    saved[remat] = report.saved_activation_bytes(model, shapes, batch)
+  assert 0 < saved['full'] < saved['none'] / 3, saved

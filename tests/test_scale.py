@@ -25,6 +25,19 @@ def _inputs():
   return q, kv, jnp.asarray(key_mask), jnp.asarray(query_mask)
 
 
+@pytest.fixture
+def fast_prng_for_this_test():
+  """conftest's `fast_prng` ('rbg' keys) for one test, not the rest of the module: the model
+  tests below compare two programs on one device, and neither the attention switch nor remat
+  depends on the PRNG implementation (remat recomputes dropout masks from the same key with
+  either; a different mask would fail the comparison, not pass it). threefry's dropout alone
+  took ~25 s of XLA compile per training-mode gradient here. The base.py run keeps the default."""
+  previous = jax.config.jax_default_prng_impl
+  jax.config.update('jax_default_prng_impl', 'rbg')
+  yield
+  jax.config.update('jax_default_prng_impl', previous)
+
+
 def _close(a, b, tol=1e-5):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
@@ -100,6 +113,7 @@ def _loss_and_grads(cfg, variables=None, train=False):
   return variables, value, grads
 
 
+@pytest.mark.usefixtures('fast_prng_for_this_test')
 def test_model_attention_switch_gives_the_same_loss_and_gradients():
   """ViT, text and fusion stacks (the AST's trains with dot_product in the base.py test)."""
   modalities = ('image', 'text')
@@ -114,6 +128,7 @@ def test_model_attention_switch_gives_the_same_loss_and_gradients():
 _REMAT_REFERENCE = {}
 
 
+@pytest.mark.usefixtures('fast_prng_for_this_test')
 @pytest.mark.parametrize('remat', ['full', 'dots', 'dots_no_batch'])
 def test_remat_keeps_parameters_losses_and_gradients(remat):
   """Same parameter tree (paths and init), same loss and gradients, in training mode with
@@ -172,18 +187,35 @@ def test_bad_attention_and_remat_are_config_errors():
 @pytest.mark.slow
 def test_base_config_tiny_trains_the_same_with_remat_and_dot_product_attention(tmp_path):
   """experiments/base.py at size=tiny (the base towers' code on synthetic data of their kind):
-  the remat and attention switches change memory and kernels, not the training losses."""
+  the remat and attention switches change memory and kernels, not the training losses.
+
+  The first run is also base.py's "trains a few steps" test (tests/test_experiments.py leaves
+  base.py to this one rather than train it a third time): its TEST_ARG, the final evaluation
+  of every evaluator on the best checkpoint, and test_experiments' checks of the result."""
   import os  # pylint: disable=import-outside-toplevel
   from crossmodal import config_utils, files, train  # pylint: disable=import-outside-toplevel
   from conftest import REPO  # pylint: disable=import-outside-toplevel
+  path = os.path.join(REPO, 'experiments', 'base.py')
+  test_arg = config_utils.load_module(path, 'experiment_base').TEST_ARG
+  assert test_arg == 'size=tiny'  # whose default is 4 steps: steps=4 below changes nothing
   losses = {}
   for arg in ('size=tiny,steps=4', 'size=tiny,steps=4,remat=dots,attention=dot_product'):
-    config = config_utils.load_config_file(os.path.join(REPO, 'experiments', 'base.py') +
-                                           ':' + arg)
+    config = config_utils.load_config_file(path + ':' + arg)
     workdir = str(tmp_path / arg.replace(',', '_').replace('=', '-'))
-    train.train_and_evaluate(config, workdir, final_checkpoint=None)
-    losses[arg] = [r['loss'] for r in files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-                   if r['split'] in ('train', 'validation')]
+    first = not losses
+    result = train.train_and_evaluate(config, workdir, final_checkpoint='best' if first else None)
+    records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    losses[arg] = [r['loss'] for r in records if r['split'] in ('train', 'validation')]
+    if first:  # test_experiments.test_experiment_trains_a_few_steps' checks
+      assert result.step == 4
+      train_losses = [r['loss'] for r in records if r['split'] == 'train']
+      assert len(train_losses) == 2 and np.all(np.isfinite(train_losses))  # log_every=2
+      for name in ('validation', 'test'):
+        assert result.metrics[name]['num_examples'] > 0
+        assert np.isfinite(result.metrics[name]['loss'])
+      evaluated = {r['split'] for r in records}
+      for name in config.evaluators:  # every configured evaluator ran on the best checkpoint
+        assert f'eval_{name}' in evaluated, (name, sorted(evaluated))
   a, b = losses.values()
   assert len(a) == len(b) >= 3
   np.testing.assert_allclose(b, a, rtol=1e-5)
