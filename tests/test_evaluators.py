@@ -181,8 +181,12 @@ def test_evaluators_end_to_end(trained):
 @pytest.mark.slow
 def test_attention_maps_and_pooled_vectors_under_crossattn(tmp_path):
   """An attention fusion with a contrastive objective computes pooled vectors after all (and
-  the attention evaluator draws the maps); without one, retrieval is refused before training."""
-  config = _tiny_config(fusion='crossattn', evals=('attention', 'retrieval'), contrastive=1.0)
+  the attention evaluator draws the maps); without one, retrieval is refused before training.
+  The streams evaluator's missing-modality accuracy is the robustness evaluator's, and a
+  missing modality's stream block is exactly zero (the premise of its decomposition)."""
+  config = _tiny_config(fusion='crossattn', evals=('attention', 'retrieval', 'streams',
+                                                   'robustness'), contrastive=1.0)
+  config.evaluators.robustness.noises = {}
   workdir = str(tmp_path / 'w')
   # Every evaluator's final run on the best checkpoint: the code of train.evaluate (--mode=eval,
   # run.evaluate with prefix 'eval_'), whose own restore is covered by the end-to-end test above;
@@ -190,6 +194,22 @@ def test_attention_maps_and_pooled_vectors_under_crossattn(tmp_path):
   results = train.train_and_evaluate(config, workdir).final
   assert results['attention']['maps'] > 0 and os.path.exists(results['attention']['picture'])
   assert results['retrieval']['num_examples'] == 40
+  streams, rob = results['streams'], results['robustness']
+  for m in ('image', 'audio'):
+    assert streams[f'missing_{m}/accuracy'] == pytest.approx(rob[f'missing_{m}/accuracy'])
+    for key in (f'missing_{m}/own_block_zeroed/accuracy', f'missing_{m}/keys_masked/accuracy',
+                f'probe_{m}/accuracy'):
+      assert 0 <= streams[key] <= 1, key
+  assert {'missing_image/probe_audio/accuracy', 'missing_audio/probe_image/accuracy'} <= set(
+      streams)
+  run, state, _ = train.restore_state(config, workdir, 'best')
+  predict = run.engine.bind(run.strategy.put_state(state))
+  hide = lambda size: np.stack([np.zeros(size, bool), np.ones(size, bool)], 1)
+  fused = predict.over(lambda out: {'fused': out['fused']}, run.batches('test'),
+                       present_fn=hide)['fused']
+  width = streams['block_width']
+  assert fused.shape[1] == 2 * width
+  assert np.all(fused[:, :width] == 0) and np.abs(fused[:, width:]).max() > 0
   config.objectives = objectives.objectives_config()
   with pytest.raises(config_utils.ConfigError, match='retrieval: .*no pooled vector'):
     train.check_config(config)
