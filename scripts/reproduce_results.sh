@@ -92,6 +92,11 @@ run python scripts/robustness_report.py --root=runs/crossattn --reference=crossa
 run python scripts/robustness_report.py --root=runs/bottleneck --reference=mid_fusion_layer2 --variants=mid_fusion_layer2,modality_dropout_0.3
 once attention_maps python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,evals=attention \
     --workdir=runs/fusion/crossattn/seed0 --mode=eval
+sweep --config=experiments/avmnist.py:fusion=crossattn,evals=robustness \
+    --sweep=experiments/sweeps/missing_modality.py --seeds=3 --root=runs/missing_modality
+once streams_crossattn python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,evals=robustness+streams \
+    --workdir=runs/missing_modality/crossattn/seed0 --mode=eval --checkpoint=best
+sweep --config=experiments/avmnist.py:evals=robustness --sweep=experiments/sweeps/equal_trunks.py --seeds=3 --root=runs/equal_trunks
 
 # --- emoji: retrieval (best and last checkpoint) and fused classification --------------------
 sweep --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_retrieval.py --seeds=3 --root=runs/emoji_retrieval
