@@ -76,6 +76,8 @@ def test_shared_norm_is_one_layernorm_for_queries_and_keys():
   layer = TransformerLayer(2, mlp_ratio=2, combine='concat_proj')
   out_separate, _ = layer.apply({'params': separate}, x, [ctx])
   _close(out_shared, out_separate)
+  with pytest.raises(ValueError, match='shared_norm needs contexts as wide'):
+    shared.init(jax.random.key(0), x, [ctx[..., :5]])
   other = {**separate, 'norm_kv_0': jax.tree.map(lambda v: v + 1.0, params['norm_q'])}
   assert not np.allclose(layer.apply({'params': other}, x, [ctx])[0], out_shared, atol=1e-3)
 

@@ -166,6 +166,9 @@ class TransformerLayer(nn.Module):
       if len(context_masks) != len(contexts):
         raise ValueError(f'TransformerLayer: {len(contexts)} contexts but '
                          f'{len(context_masks)} context_masks')
+      if self.shared_norm and any(c.shape[-1] != d for c in contexts):
+        raise ValueError(f'TransformerLayer: shared_norm needs contexts as wide as the '
+                         f'queries ({d}), got {[c.shape[-1] for c in contexts]}')
       kvs = [((norm_q if self.shared_norm else nn.LayerNorm(name=f'norm_kv_{i}', **kw))(c), m)
              for i, (c, m) in enumerate(zip(contexts, context_masks))]
     hs, weights = [], []
