@@ -30,7 +30,9 @@ over the devices: [n, min(B, chunk)]).
 
 Every objective returns (sum over this device's examples, their count), so training divides
 and evaluation accumulates over a whole split; padded eval examples (`mask` False) count
-neither as queries nor as negatives.
+neither as queries nor as negatives. With a batch `present` mask (data whose rows lack a
+modality), an example counts only for the objectives whose modalities it has: contrastive and
+reconstruction need both ends, aux_classification averages over the modalities it has.
 """
 from __future__ import annotations
 
@@ -320,6 +322,16 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
   `out`: logits, aux_logits, embeddings, logit_scale, logit_bias, reconstruction)."""
   labels = batch['label']
   losses = {}
+
+  def has(modality):  # bool [B]: the example has it (a batch's `present`, else always)
+    if 'present' not in batch:
+      return jnp.ones(labels.shape, bool)
+    from crossmodal.models import encoders  # pylint: disable=import-outside-toplevel
+    return batch['present'][:, encoders.MODALITIES.index(modality)].astype(bool)
+
+  def both(rows):  # rows [B] bool, and the eval padding mask
+    return rows if mask is None else rows & mask.astype(bool)
+
   for name in active(cfg):
     if name == 'classification' and 'stream_logits' in out:  # fusion heads='per_stream'
       w = out['stream_present'].astype(jnp.float32)  # [B, S]
@@ -327,6 +339,11 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
       losses[name] = _per_example((per_stream * w).sum(1) / jnp.maximum(w.sum(1), 1.0), mask)
     elif name == 'classification':
       losses[name] = _per_example(cross_entropy(out['logits'], labels), mask)
+    elif name == 'aux_classification' and 'present' in batch:
+      per_modality = jnp.stack([cross_entropy(l, labels) for l in out['aux_logits'].values()], 1)
+      w = jnp.stack([has(m) for m in out['aux_logits']], 1).astype(jnp.float32)  # [B, M]
+      losses[name] = _per_example((per_modality * w).sum(1) / jnp.maximum(w.sum(1), 1.0),
+                                  both(w.sum(1) > 0))
     elif name == 'aux_classification':
       per_modality = [cross_entropy(l, labels) for l in out['aux_logits'].values()]
       losses[name] = _per_example(sum(per_modality) / len(per_modality), mask)
@@ -339,10 +356,11 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
       losses[name] = contrastive(
           out['embeddings'][first], out['embeddings'][second], loss=c.loss, scale=scale,
           margin=c.margin, labels=labels, same_class_positives=c.same_class_positives,
-          mask=mask, axis_name=axis_name, bias=bias)
+          mask=both(has(first) & has(second)), axis_name=axis_name, bias=bias)
     elif name == 'reconstruction':
-      target = batch[cfg.reconstruction.target]
-      losses[name] = _per_example(reconstruction_error(out['reconstruction'], target), mask)
+      r = cfg.reconstruction
+      losses[name] = _per_example(reconstruction_error(out['reconstruction'], batch[r.target]),
+                                  both(has(r.source) & has(r.target)))
   return losses
 
 

@@ -62,10 +62,11 @@ def host_cpu() -> str:
 
 
 def write(workdir: str, params: Any, parallel: str, frozen: tuple[str, ...] = (),
-          trunks: dict[str, Any] | None = None) -> None:
+          trunks: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
   """Writes run_info.json for a run whose parameters are `params` (a pytree); `frozen`:
   config.train.frozen (the counts of frozen and trainable parameters); `trunks`: the conv
-  stages each LeNet encoder runs (CrossModalModel.trunks)."""
+  stages each LeNet encoder runs (CrossModalModel.trunks); `data`: the dataset and its content
+  fingerprint (datasets.fingerprint), so two runs can tell whether they read the same bytes."""
   import jax  # pylint: disable=g-import-not-at-top
   from crossmodal import transfer  # pylint: disable=g-import-not-at-top
   from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
@@ -77,4 +78,6 @@ def write(workdir: str, params: Any, parallel: str, frozen: tuple[str, ...] = ()
           'host_cpu': host_cpu(), 'parallel': parallel, 'code': code_version()}
   if trunks:
     info['trunks'] = trunks
+  if data:
+    info['data'] = data
   files.write_file(os.path.join(workdir, RUN_INFO), json.dumps(info, indent=2) + '\n')

@@ -37,6 +37,7 @@ from crossmodal import optim
 from crossmodal import parallel
 from crossmodal import run_info
 from crossmodal import transfer
+from crossmodal.models import encoders as encoders_lib
 
 CHECKPOINT_DIR = 'checkpoints'
 
@@ -103,13 +104,19 @@ def make_init_fn(model, tx: optax.GradientTransformation,
 
 
 def modality_dropout_mask(rng: jax.Array, batch_size: int, num_modalities: int,
-                          rate: float) -> jax.Array:
+                          rate: float, available: jax.Array | None = None) -> jax.Array:
   """bool [B, M]: each modality hidden with probability `rate`, independently per example;
-  an example that would lose all of them keeps one, chosen uniformly."""
+  an example that would lose all of them keeps one, chosen uniformly. `available` [B, M]
+  (data whose rows lack a modality): only those can be kept, and the kept one is among them."""
   drop_rng, keep_rng = jax.random.split(rng)
   present = jax.random.uniform(drop_rng, (batch_size, num_modalities)) >= rate
-  keep = jax.nn.one_hot(jax.random.randint(keep_rng, (batch_size,), 0, num_modalities),
-                        num_modalities, dtype=bool)
+  if available is None:
+    keep = jax.nn.one_hot(jax.random.randint(keep_rng, (batch_size,), 0, num_modalities),
+                          num_modalities, dtype=bool)
+  else:
+    present = present & available
+    draw = jnp.where(available, jax.random.uniform(keep_rng, (batch_size, num_modalities)), -1.0)
+    keep = jax.nn.one_hot(jnp.argmax(draw, axis=1), num_modalities, dtype=bool) & available
   return jnp.where(present.any(axis=1, keepdims=True), present, keep)
 
 
@@ -133,8 +140,12 @@ def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | No
     present = None
     if modality_dropout > 0:
       rng, mask_rng = jax.random.split(rng)
+      available = None
+      if 'present' in batch:  # data whose rows lack a modality
+        available = batch['present'][:, [encoders_lib.MODALITIES.index(m)
+                                         for m in model.modalities]].astype(bool)
       present = modality_dropout_mask(mask_rng, batch['label'].shape[0], len(model.modalities),
-                                      modality_dropout)
+                                      modality_dropout, available)
 
     def loss_fn(params):
       out, updates = model.apply(_variables(params, state.batch_stats), batch, present=present,
@@ -225,6 +236,21 @@ def check_config(config: Any) -> list[tuple[str, Any, int]]:
   return built
 
 
+def _check_unlabelled(config: Any) -> None:
+  """Data without labels trains only objectives that read none."""
+  weights = objectives_lib.weights(config.get('objectives'))
+  needs = [f'config.objectives.{n}' for n in ('classification', 'aux_classification')
+           if weights.get(n)]
+  contrastive = (config.get('objectives') or {}).get('contrastive') or {}
+  if weights.get('contrastive') and contrastive.get('same_class_positives'):
+    needs.append('config.objectives.contrastive.same_class_positives')
+  if needs:
+    raise config_utils.ConfigError(
+        f'config.data: the dataset has no labels (a manifest without a label column), but '
+        f'{", ".join(needs)} train on them; add a label column, or train without them '
+        '(experiments/manifest.py:task=contrastive)')
+
+
 class _Run:
   """Builds everything a run needs once (config already checked); shared by training and
   checkpoint evaluation. Evaluators get predict functions and batches from here, never it."""
@@ -236,6 +262,9 @@ class _Run:
     # Opening a split first prepares the dataset if needed (AV-MNIST: a one-time build).
     self.source('validation')
     self.num_classes = int(datasets.dataset_info(config.data).num_classes)
+    if not self.num_classes:  # an unlabelled manifest
+      _check_unlabelled(config)
+      self.num_classes = 1  # the fusion's head, untrained (no objective reads it)
     self.strategy = parallel.make_parallel(
         config.train.parallel, parallel.make_mesh(mesh=config.train.mesh),
         config.train.fsdp_min_size)
@@ -383,7 +412,9 @@ def _train(run: _Run, ckpt: checkpointing.Checkpointer, writer: metrics_lib.Metr
   if jax.process_index() == 0:  # After a successful restore: a mismatched config never lands.
     config_utils.write_config(config, workdir)
     run_info.write(workdir, state.params, tc.parallel, frozen=run.frozen,
-                   trunks=run.model.trunks())
+                   trunks=run.model.trunks(),
+                   data={'name': config.data.name,
+                         'fingerprint': _data()[0].fingerprint(config.data)})
   device_state = strategy.put_state(state)
   del state
 

@@ -184,19 +184,26 @@ def _ranking(workdir: str, meta: Mapping[str, Any]) -> tuple[str, str] | None:
 
 def load(name: str, entry: Mapping[str, Any], sharding: Any) -> tuple[Any, Any, int]:
   """(params, batch_stats, step) of the checkpoint an init_from entry names."""
+  return restore(entry['workdir'], entry['checkpoint'], sharding,
+                 where=f'config.init_from.{name}')
+
+
+def restore(workdir: str, which: str | int, sharding: Any = None, *,
+            where: str = '--workdir') -> tuple[Any, Any, int]:
+  """(params, batch_stats, step) of checkpoint `which` ('best', 'latest' or a step) of the run
+  in `workdir`, read as stored (no model needed); errors name `where` the run was given."""
   from crossmodal import checkpointing  # pylint: disable=import-outside-toplevel
-  where = f'config.init_from.{name}'
-  directory = os.path.join(entry['workdir'], CHECKPOINT_DIR)
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  which = str(which)
   with checkpointing.Checkpointer(directory, max_to_keep=None, keep_best=False,
                                   async_save=False, read_only=True) as probe:
     latest = probe.latest_step()
     if latest is None:
-      raise schema.ConfigError(f'{where}.workdir={entry["workdir"]!r}: no checkpoint in '
+      raise schema.ConfigError(f'{where}.workdir={workdir!r}: no checkpoint in '
                                f'{directory}; train that run first')
-    ranking = _ranking(entry['workdir'], probe.meta(latest))
-  which = entry['checkpoint']
+    ranking = _ranking(workdir, probe.meta(latest))
   if which == 'best' and ranking is None:
-    raise schema.ConfigError(f"{where}.checkpoint='best': the run in {entry['workdir']} kept "
+    raise schema.ConfigError(f"{where}.checkpoint='best': the run in {workdir} kept "
                              "no best checkpoint; use 'latest' or a step number")
   metric, mode = ranking or ('none', 'max')
   with checkpointing.Checkpointer(directory, max_to_keep=None, keep_best=ranking is not None,
@@ -218,12 +225,12 @@ def apply(init_from: Any, params: Any, batch_stats: Any, sharding: Any
     their_params, their_stats, step = load(name, entry, sharding)
     theirs = _subtree(their_params, source, f'{where}.source (in {entry["workdir"]} step {step})')
     ours = _subtree(params, target, f'{where}.target (in this model)')
-    _check_same(theirs, ours, f'{entry["workdir"]} step {step} params/{source}',
+    check_same(theirs, ours, f'{entry["workdir"]} step {step} params/{source}',
                 f'this model params/{target}', where)
     params = _replace(params, target, theirs)
     stats_source = _find(their_stats, source)
     if stats_source is not None and _find(batch_stats, target) is not None:
-      _check_same(stats_source, _find(batch_stats, target),
+      check_same(stats_source, _find(batch_stats, target),
                   f'{entry["workdir"]} batch_stats/{source}', f'batch_stats/{target}', where)
       batch_stats = _replace(batch_stats, target, stats_source)
     done.append(f'{where}: params/{target} <- {entry["workdir"]} step {step} params/{source}')
@@ -239,7 +246,7 @@ def _find(tree: Any, path: str) -> Any:
   return node
 
 
-def _check_same(theirs: Any, ours: Any, their_name: str, our_name: str, where: str) -> None:
+def check_same(theirs: Any, ours: Any, their_name: str, our_name: str, where: str) -> None:
   """ConfigError naming both parameter paths where the two subtrees differ."""
   a = dict(zip(param_paths(theirs), jax.tree.leaves(theirs)))
   b = dict(zip(param_paths(ours), jax.tree.leaves(ours)))

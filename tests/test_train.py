@@ -326,6 +326,24 @@ def test_modality_dropout_mask_rates_and_never_empty():
   assert np.asarray(train.modality_dropout_mask(jax.random.PRNGKey(0), 100, 3, 0.0)).all()
 
 
+def test_modality_dropout_mask_keeps_only_what_a_row_has():
+  """Rows that lack a modality (a manifest's `present`): it is never shown, a row keeps one of
+  those it has, and a row with one modality always keeps it."""
+  rng = np.random.default_rng(0)
+  available = rng.random((20000, 3)) < 0.6
+  available[~available.any(axis=1), 1] = True
+  mask = np.asarray(train.modality_dropout_mask(jax.random.PRNGKey(1), 20000, 3, 0.3,
+                                                jnp.asarray(available)))
+  assert not (mask & ~available).any() and mask.any(axis=1).all()
+  single = available.sum(axis=1) == 1
+  assert (mask[single] == available[single]).all()
+  # Among rows with all three, each is hidden at the rate (plus the all-dropped fallback).
+  full = available.all(axis=1)
+  np.testing.assert_allclose(mask[full].mean(axis=0), 0.7 + 0.3**3 / 3, atol=0.015)
+  assert (np.asarray(train.modality_dropout_mask(jax.random.PRNGKey(1), 20000, 3, 0.0,
+                                                 jnp.asarray(available))) == available).all()
+
+
 def test_modality_dropout_changes_training_and_is_validated(tmp_path):
   base = train.train_and_evaluate(tiny_config('size=tiny,steps=4'), str(tmp_path / 'a'))
   config = tiny_config('size=tiny,steps=4')

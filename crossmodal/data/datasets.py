@@ -32,7 +32,17 @@ OPTIONS = {
               'label': 'category', 'text_fields': ('name',), 'text_length': 64,
               'lowercase': True, 'image_size': 64},
     'synthetic': {'synthetic': None},  # fields of synthetic.SyntheticParams; None: defaults
+    # crossmodal/data/manifest.py: all but text_length / lowercase shape the prepared bytes.
+    'manifest': {'path': '', 'modalities': (), 'missing_ok': (), 'image_size': 64,
+                 'image_channels': 3, 'sample_rate': 16000, 'clip_seconds': 1.0,
+                 'resample': True, 'mono': True, 'classes': '',
+                 'split_fractions': (0.8, 0.1, 0.1), 'split_seed': 0, 'on_error': 'raise',
+                 'text_length': 64, 'lowercase': False, 'data_dir': None},
 }
+# config.data.<option> -> manifest.manifest_config's argument of the same name.
+_MANIFEST_BUILD = ('modalities', 'missing_ok', 'image_size', 'image_channels', 'sample_rate',
+                   'clip_seconds', 'resample', 'mono', 'classes', 'split_fractions',
+                   'split_seed', 'on_error')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +60,7 @@ def _get(data_config, key: str, default: Any = None) -> Any:
       data_config, key, default)
 
 
-def _option(data_config, key: str) -> Any:
+def option(data_config, key: str) -> Any:
   """`config.data.<key>`, or its default (OPTIONS) when the config leaves it out."""
   defaults = {**COMMON_OPTIONS, **OPTIONS.get(_get(data_config, 'name'), {})}
   return _get(data_config, key, defaults[key])
@@ -58,7 +68,7 @@ def _option(data_config, key: str) -> Any:
 
 def _avmnist_source(data_config, split: str):
   from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
-  return avmnist.get_data_source(split, config=_option(data_config, 'builder_config'),
+  return avmnist.get_data_source(split, config=option(data_config, 'builder_config'),
                                  data_dir=_get(data_config, 'data_dir'),
                                  manual_dir=_get(data_config, 'manual_dir'))
 
@@ -67,7 +77,7 @@ def _avmnist_info(data_config) -> DatasetInfo:
   # The prepared dataset_info.json holds the split sizes (subset builds are smaller), so
   # nothing is read from the records; get_source prepares the dataset on first use.
   from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
-  builder_config = _option(data_config, 'builder_config')
+  builder_config = option(data_config, 'builder_config')
   data_dir = _get(data_config, 'data_dir')
   builder = avmnist.get_builder(builder_config, data_dir=data_dir)
   splits = {name: info.num_examples for name, info in builder.info.splits.items()}
@@ -82,11 +92,11 @@ def _avmnist_info(data_config) -> DatasetInfo:
 
 
 def _emoji_options(data_config) -> dict[str, Any]:
-  return dict(label=_option(data_config, 'label'),
-              text_fields=tuple(_option(data_config, 'text_fields')),
-              text_length=int(_option(data_config, 'text_length')),
-              lowercase=bool(_option(data_config, 'lowercase')),
-              image_size=int(_option(data_config, 'image_size')))
+  return dict(label=option(data_config, 'label'),
+              text_fields=tuple(option(data_config, 'text_fields')),
+              text_length=int(option(data_config, 'text_length')),
+              lowercase=bool(option(data_config, 'lowercase')),
+              image_size=int(option(data_config, 'image_size')))
 
 
 def _emoji_source(data_config, split: str):
@@ -100,7 +110,7 @@ def _emoji_source(data_config, split: str):
 
 def _emoji_info(data_config) -> DatasetInfo:
   from crossmodal.data import emoji  # pylint: disable=import-outside-toplevel
-  builder = emoji.get_builder(_option(data_config, 'builder_config'),
+  builder = emoji.get_builder(option(data_config, 'builder_config'),
                               data_dir=_get(data_config, 'data_dir'))
   splits = {name: info.num_examples for name, info in builder.info.splits.items()}
   if not splits:
@@ -140,10 +150,46 @@ def _synthetic_info(data_config) -> DatasetInfo:
                      {split: p.split_size(split) for split in synthetic.SPLITS})
 
 
+def manifest_config(data_config):
+  """The ManifestConfig of `config.data` (reads the manifest's header and bytes)."""
+  from crossmodal.data import manifest  # pylint: disable=import-outside-toplevel
+  path = option(data_config, 'path')
+  if not path:
+    raise schema.ConfigError(f"{WHERE}.path is empty: give the manifest, e.g. "
+                             "--config=experiments/manifest.py:path=/data/pairs.csv")
+  kwargs = {k: option(data_config, k) for k in _MANIFEST_BUILD}
+  kwargs['classes'] = kwargs['classes'] or ()
+  return manifest.manifest_config(path, **kwargs)
+
+
+def _manifest_builder(data_config):
+  from crossmodal.data import manifest  # pylint: disable=import-outside-toplevel
+  return manifest.prepare(manifest_config(data_config), data_dir=_get(data_config, 'data_dir'))
+
+
+def _manifest_source(data_config, split: str):
+  from crossmodal.data import manifest  # pylint: disable=import-outside-toplevel
+  builder = _manifest_builder(data_config)
+  cfg = builder.builder_config
+  return manifest.ModelExamples(builder.as_data_source(split=split), cfg.modalities,
+                                text_length=int(option(data_config, 'text_length')),
+                                lowercase=bool(option(data_config, 'lowercase')),
+                                with_present=bool(cfg.missing_ok))
+
+
+def _manifest_info(data_config) -> DatasetInfo:
+  builder = _manifest_builder(data_config)
+  classes = tuple(builder.info.metadata['classes'])
+  splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+  return DatasetInfo('manifest', len(classes), builder.builder_config.modalities, splits,
+                     classes)
+
+
 _DATASETS: dict[str, tuple[Callable[[Any, str], Any], Callable[[Any], DatasetInfo]]] = {
     'avmnist': (_avmnist_source, _avmnist_info),
     'emoji': (_emoji_source, _emoji_info),
     'synthetic': (_synthetic_source, _synthetic_info),
+    'manifest': (_manifest_source, _manifest_info),
 }
 DATASET_NAMES = tuple(_DATASETS)
 
@@ -193,14 +239,16 @@ def check_config(data_config) -> tuple[str, ...]:
   _lookup(data_config)
   if _get(data_config, 'name') == 'avmnist':
     from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
-    avmnist.resolve_config(_option(data_config, 'builder_config'))
+    avmnist.resolve_config(option(data_config, 'builder_config'))
     return AVMNIST_MODALITIES
   if _get(data_config, 'name') == 'emoji':
     from crossmodal.data import emoji  # pylint: disable=import-outside-toplevel
-    emoji.resolve_config(_option(data_config, 'builder_config'))
+    emoji.resolve_config(option(data_config, 'builder_config'))
     emoji.check_options(**{k: v for k, v in _emoji_options(data_config).items()
                            if k != 'lowercase'})
     return EMOJI_MODALITIES
+  if _get(data_config, 'name') == 'manifest':
+    return manifest_config(data_config).modalities
   return _synthetic_info(data_config).modalities
 
 
@@ -235,12 +283,29 @@ def get_source(data_config, split: str):
   """Random-access source (`len`, `[i]` -> dict of numpy arrays) for `split`; decoded
   examples are kept in memory when `config.data.cache` is True."""
   source = _lookup(data_config)[0](data_config, split)
-  return MemoryCache(source) if _option(data_config, 'cache') else source
+  return MemoryCache(source) if option(data_config, 'cache') else source
 
 
 def dataset_info(data_config) -> DatasetInfo:
   """Number of classes, available modalities and split sizes of the configured dataset."""
   return _lookup(data_config)[1](data_config)
+
+
+def fingerprint(data_config) -> dict[str, str] | None:
+  """The prepared dataset's content fingerprint as recorded when it was prepared
+  (crossmodal/data/fingerprint.py): {split: sha256, 'all': sha256}. None for synthetic data
+  and for copies prepared before fingerprints were recorded (scripts/prepare_data.py --verify
+  computes theirs)."""
+  from crossmodal.data import fingerprint as fingerprint_lib  # pylint: disable=import-outside-toplevel
+  name = _get(data_config, 'name')
+  if name == 'manifest':
+    return fingerprint_lib.recorded(_manifest_builder(data_config))
+  if name in ('avmnist', 'emoji'):
+    module = __import__(f'crossmodal.data.{name}', fromlist=[name])
+    builder = module.get_builder(option(data_config, 'builder_config'),
+                                 data_dir=_get(data_config, 'data_dir'))
+    return fingerprint_lib.recorded(builder) if builder.is_prepared() else None
+  return None
 
 
 def _internet_available(host: str = 'storage.googleapis.com', timeout: float = 5.0) -> bool:
@@ -259,7 +324,7 @@ def check_available(data_config) -> None:
     return
   from crossmodal.data import avmnist  # pylint: disable=import-outside-toplevel
   from crossmodal.data import sources  # pylint: disable=import-outside-toplevel
-  builder_config = _option(data_config, 'builder_config')
+  builder_config = option(data_config, 'builder_config')
   builder = avmnist.get_builder(builder_config, data_dir=_get(data_config, 'data_dir'))
   if builder.is_prepared():
     return

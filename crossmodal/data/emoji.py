@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from crossmodal.data import fingerprint
 from crossmodal.data import sources
 from crossmodal.data import tfds_formats
 
@@ -352,6 +353,7 @@ class Emoji(tfds_formats.PreparedDataSource, tfds.core.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, download_config):
         super()._download_and_prepare(dl_manager, download_config)
+        fingerprint.record(self.info)  # of the array_record files, before any tfrecord copy
         write = tfds_formats.tensorflow_available() if self._write_tfrecord is None else self._write_tfrecord
         if write:
             tfds_formats.add_tfrecord_copy(self.info)

@@ -30,7 +30,9 @@ change between runs), it fits a JSON checkpoint item, and prefetched-but-unconsu
 are never counted.
 
 Batches are dicts of numpy arrays per docs/architecture.md (`image` uint8, `audio` float32 in
-[-1, 1], `text` int32, `label` int32); provenance and string fields are dropped. Pipelines made
+[-1, 1], `text` int32, `label` int32, and `present` bool [3] for data whose rows may lack a
+modality: which of models.encoders.MODALITIES each example has); provenance and string fields
+are dropped. Pipelines made
 with drop_remainder=False also carry `mask` (bool [b]): False marks padding rows, which repeat
 a zeroed example so that the last batch keeps the fixed shape and the jitted eval step does not
 recompile.
@@ -51,7 +53,7 @@ import grain
 import numpy as np
 
 Example = dict[str, np.ndarray]
-BATCH_KEYS = ('image', 'audio', 'text', 'label')
+BATCH_KEYS = ('image', 'audio', 'text', 'label', 'present')
 MASK_KEY = 'mask'
 
 
@@ -78,6 +80,8 @@ def to_model_example(example: Mapping[str, Any]) -> Example:
       else:
         raise TypeError(f'input_pipeline: audio must be int16/int32 PCM or float, got '
                         f'{value.dtype}')
+    elif key == 'present':  # bool [3], models.encoders.MODALITIES order (manifest data)
+      out[key] = value.astype(bool)
     else:  # text, label
       if not np.issubdtype(value.dtype, np.integer):
         raise TypeError(f'input_pipeline: {key} must be integer ids, got {value.dtype}'

@@ -35,12 +35,14 @@ class Evaluator(common.Evaluator):
       self.fail(f'{picture_queries}: must be >= 0, and pictures need pair=(text, image)',
                 'picture_queries')
     common.embedding_fusion_check(self, self.pair)
+    # One class (or unlabelled data, given one): a class hit is certain, so none is counted.
+    self.by_class = model.num_classes > 1
 
   def metrics(self) -> dict[str, str]:
     first, second = self.pair
     out = {}
     for a, b in ((first, second), (second, first)):
-      for by in ('instance', 'class'):
+      for by in ('instance', 'class') if self.by_class else ('instance',):
         out.update({f'{a}_to_{b}/{by}/recall@{k}': common.MAX for k in self.ks})
         out[f'{a}_to_{b}/{by}/median_rank'] = common.MIN
     return out
@@ -49,18 +51,30 @@ class Evaluator(common.Evaluator):
     first, second = self.pair
     picture = self.picture_queries > 0
     got = predict.over(_select(self.pair), batches(),
-                       keep=('image', 'text') if picture else ())
+                       keep=('image', 'text') if picture else (),
+                       transform=functools.partial(_rows_with_both, self.pair))
     labels = got['label']
-    summary: dict[str, Any] = {'num_examples': int(len(labels)),
-                               'chance/class_recall@1': chance_class_recall(labels)}
+    summary: dict[str, Any] = {'num_examples': int(len(labels))}
+    if self.by_class:
+      summary['chance/class_recall@1'] = chance_class_recall(labels)
     for a, b in ((first, second), (second, first)):
       instance, by_class = ranks(got[f'vector/{a}'], got[f'vector/{b}'], labels, labels,
                                  self.block)
       summary.update({f'{a}_to_{b}/{k}': v for k, v in
-                      summarize(instance, by_class, self.ks).items()})
+                      summarize(instance, by_class, self.ks).items()
+                      if self.by_class or k.startswith('instance/')})
     if picture:
       summary['picture'] = _top_images_picture(got, self.picture_queries, workdir)
     return summary
+
+
+def _rows_with_both(pair: tuple[str, str], batch: dict, _) -> dict:
+  """Rows lacking either modality (a manifest's `present`) are not ranked, nor ranked against."""
+  if 'present' not in batch:
+    return batch
+  from crossmodal.models import encoders  # pylint: disable=import-outside-toplevel
+  columns = [encoders.MODALITIES.index(m) for m in pair]
+  return {**batch, 'mask': batch['mask'] & batch['present'][:, columns].all(1)}
 
 
 @functools.lru_cache(maxsize=None)

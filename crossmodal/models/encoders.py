@@ -436,6 +436,8 @@ ENCODERS: dict[str, dict[str, type[_EncoderBase]]] = {
     'audio': {'lenet': AudioLeNet, 'ast': AudioAST},
     'text': {'transformer': TextTransformer},
 }
+# Every modality, in the order of a batch's `present` columns (crossmodal/data/manifest.py).
+MODALITIES = tuple(ENCODERS)
 
 
 def _where(modality: str) -> str:

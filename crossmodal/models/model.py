@@ -109,6 +109,12 @@ class CrossModalModel(nn.Module):
       raise ValueError(f'CrossModalModel: present must be bool [B, M] = {shape} (M follows '
                        f'modalities {list(self.modalities)}), got {present.shape}')
     present = present.astype(bool)
+    # `present` [B, M]: what the fusion may see (modality dropout, the robustness evaluator);
+    # a batch's own `present` [B, 3] (data whose rows may lack a modality, in
+    # encoders.MODALITIES order) hides what the data lacks as well.
+    if 'present' in batch:
+      columns = [encoders_lib.MODALITIES.index(m) for m in self.modalities]
+      present = present & batch['present'][:, columns].astype(bool)
 
     encoded = {m: self.encoder(m)(batch[m], train=train and m not in self.frozen_encoders)
                for m in self.modalities}
