@@ -169,3 +169,21 @@ def test_unlabelled_data_trains_no_label_objective(trained, tmp_path):
   with pytest.raises(schema.ConfigError, match=r'no labels .* config.objectives.classification '
                                                 r'train on them; add a label column'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_an_audio_query_is_read_as_the_collection_reads_its_rows(tmp_path):
+  """A query file goes through the manifest's own readers with the run's options (22.05 kHz
+  stereo flac -> 8 kHz mono, 0.25 s), so query and items meet as equals."""
+  from test_manifest import tone  # pylint: disable=import-outside-toplevel
+  tone(tmp_path / 'q.flac', seconds=0.4, rate=22050, channels=2, fmt='FLAC')
+  data = dict(image_size=16, image_channels=3, sample_rate=8000, clip_seconds=0.25,
+              resample=True, mono=True, text_length=16, lowercase=False)
+  run = search.Run(str(tmp_path), 0, ('audio', 'text'), {}, data)
+  query = search.query_example(run, 'audio', str(tmp_path / 'q.flac'))
+  cfg = manifest.manifest_config(write_csv(tmp_path / 'c.csv', ['audio'], [('q.flac',)]),
+                                 **{k: data[k] for k in search._READ})  # pylint: disable=protected-access
+  row = manifest.decode_all(cfg)[0]
+  assert query['audio'].dtype == np.int16 and query['audio'].shape == (2000,)
+  np.testing.assert_array_equal(query['audio'], row['audio'])
+  inputs = search._model_inputs(run, 'audio', [query])  # pylint: disable=protected-access
+  assert inputs.dtype == np.float32 and np.abs(inputs).max() <= 1.0
