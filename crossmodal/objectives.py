@@ -324,10 +324,9 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
   losses = {}
 
   def has(modality):  # bool [B]: the example has it (a batch's `present`, else always)
-    if 'present' not in batch:
-      return jnp.ones(labels.shape, bool)
     from crossmodal.models import encoders  # pylint: disable=import-outside-toplevel
-    return batch['present'][:, encoders.MODALITIES.index(modality)].astype(bool)
+    rows = encoders.presence(batch, (modality,))
+    return jnp.ones(labels.shape, bool) if rows is None else rows[:, 0]
 
   def both(rows):  # rows [B] bool, and the eval padding mask
     return rows if mask is None else rows & mask.astype(bool)

@@ -140,12 +140,9 @@ def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | No
     present = None
     if modality_dropout > 0:
       rng, mask_rng = jax.random.split(rng)
-      available = None
-      if 'present' in batch:  # data whose rows lack a modality
-        available = batch['present'][:, [encoders_lib.MODALITIES.index(m)
-                                         for m in model.modalities]].astype(bool)
       present = modality_dropout_mask(mask_rng, batch['label'].shape[0], len(model.modalities),
-                                      modality_dropout, available)
+                                      modality_dropout,
+                                      encoders_lib.presence(batch, model.modalities))
 
     def loss_fn(params):
       out, updates = model.apply(_variables(params, state.batch_stats), batch, present=present,

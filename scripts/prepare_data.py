@@ -106,8 +106,8 @@ def main(argv=None) -> None:
     parser.add_argument("--skip_checksums", action="store_true", help="build from modified sources (no sha256 check)")
     parser.add_argument("--no_tfrecord", action="store_true", help="write array_record only (no tfds.load copy)")
     parser.add_argument("--dataset", default="avmnist", choices=("avmnist", "emoji", "manifest"),
-                        help="which builder --config names (emoji and manifest: --verify only "
-                        "if not prepared yet, they prepare through training or their get_data_source)")
+                        help="which builder --config names (emoji and manifest: --verify only; "
+                        "they are prepared by training or their get_data_source)")
     parser.add_argument("--verify", action="store_true",
                         help="recompute the content fingerprint of each --config and check it")
     args = parser.parse_args(argv)

@@ -70,11 +70,9 @@ class Evaluator(common.Evaluator):
 
 def _rows_with_both(pair: tuple[str, str], batch: dict, _) -> dict:
   """Rows lacking either modality (a manifest's `present`) are not ranked, nor ranked against."""
-  if 'present' not in batch:
-    return batch
   from crossmodal.models import encoders  # pylint: disable=import-outside-toplevel
-  columns = [encoders.MODALITIES.index(m) for m in pair]
-  return {**batch, 'mask': batch['mask'] & batch['present'][:, columns].all(1)}
+  has = encoders.presence(batch, pair)
+  return batch if has is None else {**batch, 'mask': batch['mask'] & has.all(1)}
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -438,6 +438,15 @@ ENCODERS: dict[str, dict[str, type[_EncoderBase]]] = {
 }
 # Every modality, in the order of a batch's `present` columns (crossmodal/data/manifest.py).
 MODALITIES = tuple(ENCODERS)
+
+
+def presence(batch: Any, modalities: Sequence[str]) -> Any:
+  """bool [B, len(modalities)]: which of `modalities` each example has, from the batch's
+  `present` (data whose rows may lack a modality); None when the batch has none (complete
+  data). NumPy or JAX arrays alike."""
+  if 'present' not in batch:
+    return None
+  return batch['present'][:, [MODALITIES.index(m) for m in modalities]].astype(bool)
 
 
 def _where(modality: str) -> str:

@@ -112,9 +112,9 @@ class CrossModalModel(nn.Module):
     # `present` [B, M]: what the fusion may see (modality dropout, the robustness evaluator);
     # a batch's own `present` [B, 3] (data whose rows may lack a modality, in
     # encoders.MODALITIES order) hides what the data lacks as well.
-    if 'present' in batch:
-      columns = [encoders_lib.MODALITIES.index(m) for m in self.modalities]
-      present = present & batch['present'][:, columns].astype(bool)
+    has = encoders_lib.presence(batch, self.modalities)
+    if has is not None:
+      present = present & has
 
     encoded = {m: self.encoder(m)(batch[m], train=train and m not in self.frozen_encoders)
                for m in self.modalities}
