@@ -6,6 +6,9 @@ Run (CPU; the first run builds the dataset from ../shared/data into ~/tensorflow
 
 Presets (after ':', comma-separated), e.g. --config=experiments/avmnist.py:fusion=crossattn:
   fusion=<type>        any fusion in crossmodal/models/fusion.py (default concat)
+  task=digit|grid2|grid3|match|seq2|seq3   digit: AV-MNIST; the others need the two
+                       modalities bound part to part (crossmodal/data/avmnist_tasks.py,
+                       experiments/avmnist_grid.py)
   modalities=image+audio | image | audio   (single-modality baselines)
   image=lenet|cnn|vit, audio=lenet|ast     encoders (MultiBench LeNets by default)
   variant=pca<k>|pca|clean  image variant: MNIST rebuilt from k principal components (default
@@ -14,7 +17,9 @@ Presets (after ':', comma-separated), e.g. --config=experiments/avmnist.py:fusio
   subset=<n>           use only the first n examples of each split (0 = all; for quick checks)
   steps=<n>            training steps (default 2000, about 2.3 epochs of batch 64)
   evals=<a>+<b>        evaluators run on the best checkpoint after training and by --mode=eval
-                       (crossmodal/evaluators/), e.g. robustness, retrieval, attention
+                       (crossmodal/evaluators/), e.g. robustness, retrieval, attention (on a
+                       grid task with crossattn or joint it also scores the attention's
+                       cell_mass, and runs on validation every 500 steps too: attention_val)
   probes=true          also a linear probe (ridge, fitted on train, tested on test) of each
                        modality's pooled encoder output: evaluators probe_image, probe_audio
   trunk=auto|full|to_token_stage   which LeNet stages run (encoders.lenet_trunk): auto (the
@@ -45,6 +50,7 @@ from crossmodal import objectives
 from crossmodal import optim
 from crossmodal import transfer
 from crossmodal.data import avmnist as avmnist_data
+from crossmodal.data import avmnist_tasks
 from crossmodal.models import encoders as encoders_lib
 from crossmodal.models import fusion as fusion_lib
 from crossmodal.models import model as model_lib
@@ -58,11 +64,13 @@ LENET_TOKEN_STAGES = {'image': 2, 'audio': 3}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = config_utils.parse_arg(arg, fusion='concat', modalities=('image', 'audio'), image='lenet',
+  a = config_utils.parse_arg(arg, fusion='concat', task=avmnist_tasks.DIGIT,
+                             modalities=('image', 'audio'), image='lenet',
                              audio='lenet', variant=VARIANT, snr=SNR_DB, subset=0, steps=2000,
                              evals=(), probes=False, encoders_from='', locked=False,
                              trunk='auto')
   _check('fusion', a.fusion, tuple(fusion_lib.FUSIONS))
+  _check('task', a.task, avmnist_tasks.TASKS)
   _check('trunk', a.trunk, encoders_lib.TRUNKS)
   _check('image', a.image, tuple(encoders_lib.ENCODERS['image']))
   _check('audio', a.audio, tuple(encoders_lib.ENCODERS['audio']))
@@ -90,8 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name='avmnist',
       # TFDS builder config: the variant, plus '_n<k>' for a prefix subset of every split.
-      builder_config=(a.variant + ('' if a.snr == 'clean' else f'_snr{float(a.snr):g}')
-                      + (f'_n{a.subset}' if a.subset else '')),
+      builder_config=avmnist_data.config_name(
+          task=a.task, image=a.variant, audio_snr_db=None if a.snr == 'clean' else a.snr,
+          max_examples_per_split=a.subset or None),
       data_dir=ml_collections.FieldReference(None, field_type=str),  # None: ~/tensorflow_datasets
       manual_dir=ml_collections.FieldReference(None, field_type=str),  # None: ../shared/data
       global_batch_size=64, eval_batch_size=256, worker_count=0,
@@ -114,6 +123,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluators = evaluators_lib.classification_config(every=500)  # validation, test
   for name in a.evals:
     config.evaluators[name] = evaluators_lib.evaluator_config(name)
+  if 'attention' in a.evals and a.task.startswith('grid') and a.fusion in ('crossattn', 'joint'):
+    grid = int(a.task[4:])  # where the audio attends: cell_mass, after training and over it
+    config.evaluators.attention.grid = grid
+    config.evaluators.attention_val = evaluators_lib.evaluator_config(
+        'attention', split='validation', every=500, grid=grid)
   if a.probes:
     for m in a.modalities:
       config.evaluators[f'probe_{m}'] = evaluators_lib.evaluator_config('linear_probe', source=m)

@@ -22,7 +22,7 @@ from crossmodal.evaluators import robustness
 from crossmodal.evaluators import zero_shot
 from crossmodal.data import noise
 from crossmodal.models import text as text_lib
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 # The evaluators never depend on the PRNG implementation (their noise is numpy's), and nothing
 # here compares across device counts: the training runs they evaluate use rbg keys, whose
@@ -387,3 +387,89 @@ def test_text_vectors_match_the_model_on_the_text_alone(tmp_path):
   direct = jax.jit(run.model.apply)(variables, batch)['embeddings']['text']
   np.testing.assert_allclose(got, np.asarray(direct), rtol=1e-5, atol=1e-5)
   assert got.shape == (4, config.model.dim)
+
+
+class _MapsOnly:
+  """A stand-in for common.Predict whose `over` returns hand-made attention maps."""
+
+  def __init__(self, maps, labels, image_shape):
+    self.got = {**{f'attn/{k}': v for k, v in maps.items()}, 'label': labels,
+                'image': np.zeros((len(labels), *image_shape), np.uint8)}
+
+  def over(self, select, batches, **kwargs):
+    del select, batches, kwargs
+    return self.got
+
+
+def _grid_model(fusion, pooling, modalities=('image', 'audio'), trunk='auto', **fusion_options):
+  config = config_utils.load_config_file(
+      os.path.join(REPO, 'experiments', 'avmnist_grid.py')
+      + f':fusion={fusion},trunk={trunk},modalities={"+".join(modalities)}')
+  config.model.fusion.update(pooling=pooling, **fusion_options)
+  return train.build_model(config, 4, None)
+
+
+@pytest.mark.parametrize('fusion,pooling,modalities,trunk', [
+    ('crossattn', 'cls', ('image', 'audio'), 'auto'),
+    ('crossattn', 'mean', ('audio', 'image'), 'full'),  # a summary token after the image map
+    ('joint', 'cls', ('image', 'audio'), 'auto'),
+    ('joint', 'mean', ('audio', 'image'), 'full')])
+def test_cell_mass_reads_audio_queries_over_the_labelled_cells_image_tokens(
+    fusion, pooling, modalities, trunk):
+  """On a 56x56 grid2 image the LeNet's token stage is 7x7: cell 0 (top left) holds tokens
+  (r, c) r, c < 3 whole, and halves or a quarter of row and column 3. Maps put every audio
+  query's image mass on cell 0's whole tokens: the score is 1 for label 0 and 0 for label 3,
+  whatever the class token's row, the audio-to-audio weights or the summary token hold."""
+  model = _grid_model(fusion, pooling, modalities, trunk)
+  evaluator = attention.Evaluator(model, grid=2)
+  keys, side = evaluator._image_tokens((56, 56, 1))  # pylint: disable=protected-access
+  assert side == 7 and keys == 49 + (trunk == 'full')
+  audio = 24  # the audio LeNet's 6x4 token stage
+  cls = int(pooling == 'cls')
+  whole_cell0 = [r * 7 + c for r in range(3) for c in range(3)]
+  n = 4
+  if fusion == 'crossattn':
+    w = np.zeros((n, cls + audio, keys))
+    w[:, :, whole_cell0] = 1 / 9
+    if cls:
+      w[:, 0] = 0.0
+      w[:, 0, 6] = 1.0  # the class token's row (on cell 1): not an audio token
+    if trunk == 'full':  # some mass on the summary token: in no cell
+      w[:, cls:, :] *= 0.5
+      w[:, cls:, 49] = 0.5
+    maps = {'cross_0/image->audio': w, 'cross_0/audio->image': np.ones((n, cls + keys, audio))}
+  else:
+    width = cls + keys + audio
+    img = (slice(cls, cls + keys) if modalities[0] == 'image' else slice(width - keys, width))
+    aud = (slice(cls + keys, width) if modalities[0] == 'image' else slice(cls, width - keys))
+    w = np.zeros((n, width, width))
+    rows = np.arange(width)[aud]
+    cols = np.arange(width)[img]
+    w[:, rows[:, None], cols[whole_cell0][None, :]] = 0.5 / 9
+    w[:, rows, rows] = 0.5  # audio tokens attend to themselves too: left out of the share
+    w[:, np.arange(width)[img], cols[30]] = 1.0  # image queries: not audio
+    maps = {'layer_0': w}
+  labels = np.array([0, 0, 3, 3])
+  result = evaluator._cell_mass(_MapsOnly(maps, labels, (56, 56, 1)), lambda: iter(()))  # pylint: disable=protected-access
+  share = 0.5 if (fusion == 'crossattn' and trunk == 'full') else 1.0
+  name = 'cross_0/image->audio' if fusion == 'crossattn' else 'layer_0'
+  np.testing.assert_allclose(result[f'cell_mass/{name}'], (2 * share + 0) / 4)
+  assert list(result) == [f'cell_mass/{name}', 'cell_mass', 'cell_mass_chance']
+  np.testing.assert_allclose(result['cell_mass_chance'], 12.25 / keys)
+
+
+def test_cell_mass_hand_made_and_refused_where_undefined():
+  labelled = np.array([[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]])  # 3 image keys, 2 examples
+  w = np.array([[[0.2, 0.2, 0.1], [0.0, 0.0, 1.0]], [[0.0, 0.0, 0.5], [1.0, 0.0, 0.0]]])
+  np.testing.assert_allclose(attention.cell_mass(w, labelled), [[0.6, 0.0], [1.0, 0.0]])
+  error = lambda match: pytest.raises(config_utils.ConfigError, match=match)
+  build = lambda model, **options: evaluators.build_all(
+      ml_collections.ConfigDict({'attention': evaluators.evaluator_config('attention', **options)}),
+      model)
+  with error(r'attention.grid: 4: no AV-MNIST task grid4; valid: 0 \(no score\) or one of \[2, 3\]'):
+    build(_grid_model('crossattn', 'cls'), grid=4)
+  with error("attention.grid: fusion 'bottleneck' has no attention from audio to image"):
+    build(_grid_model('bottleneck', 'cls'), grid=2)
+  one_way = _grid_model('crossattn', 'cls', direction='b->a')
+  with error("attention.grid: crossattn with direction='b->a' has no audio queries"):
+    build(one_way, grid=2)

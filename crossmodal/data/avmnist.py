@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from crossmodal.data import avmnist_tasks
 from crossmodal.data import fingerprint
 from crossmodal.data import sources
 from crossmodal.data import tfds_formats
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 class AvmnistConfig(tfds.core.BuilderConfig):
     """One AV-MNIST variant; every field changes the bytes on disk, so each has its own name.
 
+    task: 'digit' (AV-MNIST: one image and one recording of the same digit) or a task that needs
+      binding (crossmodal/data/avmnist_tasks.py: grid2, grid3, match, seq2, seq3).
     image: 'clean', 'pca' (PCA fitted on the train split, keeping PCA_KEPT_VARIANCE) or 'pca<k>'
       (the same PCA keeping exactly k components).
     audio_snr_db: None for clean audio, else white noise at this per-clip SNR in dB.
@@ -66,6 +69,7 @@ class AvmnistConfig(tfds.core.BuilderConfig):
     max_examples_per_split: keep only the first N examples of each split (fast tests).
     """
 
+    task: str = avmnist_tasks.DIGIT
     image: str = "clean"
     audio_snr_db: float | None = None
     noise_seed: int = 0
@@ -73,6 +77,8 @@ class AvmnistConfig(tfds.core.BuilderConfig):
     max_examples_per_split: int | None = None
 
     def __post_init__(self):
+        if self.task not in avmnist_tasks.TASKS:
+            raise ValueError(f"AvmnistConfig.task={self.task!r}; valid choices: {', '.join(avmnist_tasks.TASKS)}.")
         k = pca_components(self.image)
         if self.image not in IMAGE_VARIANTS and not (k and k <= math.prod(IMAGE_SHAPE)):
             raise ValueError(
@@ -98,10 +104,12 @@ def pca_components(image: str) -> int | None:
 
 
 def config_name(
-    image="clean", audio_snr_db=None, noise_seed=0, pairing_seed=0, max_examples_per_split=None
+    image="clean", audio_snr_db=None, noise_seed=0, pairing_seed=0, max_examples_per_split=None,
+    task=avmnist_tasks.DIGIT,
 ) -> str:
-    """Canonical name of a variant, e.g. 'pca_snr-5' or 'clean_n64'; parsed back by `resolve_config`."""
-    name = image
+    """Canonical name of a variant, e.g. 'pca_snr-5', 'clean_n64' or 'grid2_clean'; parsed back by
+    `resolve_config`."""
+    name = image if task == avmnist_tasks.DIGIT else f"{task}_{image}"
     if audio_snr_db is not None:
         name += f"_snr{float(audio_snr_db):g}"
     if noise_seed:
@@ -114,13 +122,13 @@ def config_name(
 
 
 _NAME_RE = re.compile(
-    r"^(?P<image>[a-z]+[0-9]*)(?:_snr(?P<snr>-?[0-9]+(?:\.[0-9]+)?))?(?:_noiseseed(?P<noise_seed>[0-9]+))?"
+    rf"^(?:(?P<task>{'|'.join(avmnist_tasks.TASKS[1:])})_)?(?P<image>[a-z]+[0-9]*)(?:_snr(?P<snr>-?[0-9]+(?:\.[0-9]+)?))?(?:_noiseseed(?P<noise_seed>[0-9]+))?"
     r"(?:_pairseed(?P<pairing_seed>[0-9]+))?(?:_n(?P<n>[0-9]+))?$"
 )
-NAME_GRAMMAR = "<clean|pca|pca<k>>[_snr<dB>][_noiseseed<int>][_pairseed<int>][_n<int>] (e.g. 'pca_snr-5')"
+NAME_GRAMMAR = f"[<{'|'.join(avmnist_tasks.TASKS[1:])}>_]<clean|pca|pca<k>>[_snr<dB>][_noiseseed<int>][_pairseed<int>][_n<int>] (e.g. 'pca_snr-5')"
 
 
-def _describe(image, audio_snr_db, **_) -> str:
+def _describe(image, audio_snr_db, task=avmnist_tasks.DIGIT, **_) -> str:
     if image == "clean":
         img = "clean MNIST digits"
     elif pca_components(image):
@@ -128,7 +136,8 @@ def _describe(image, audio_snr_db, **_) -> str:
     else:
         img = f"MNIST digits rebuilt from the train-split PCA (up to {PCA_KEPT_VARIANCE:.0%} of the variance)"
     aud = "clean FSDD audio" if audio_snr_db is None else f"FSDD audio + white noise at {audio_snr_db:g} dB"
-    return f"{img}; {aud}."
+    what = "" if task == avmnist_tasks.DIGIT else f"{avmnist_tasks.describe(task)}; "
+    return f"{what}{img}; {aud}."
 
 
 BUILDER_CONFIGS = [
@@ -145,10 +154,12 @@ _PREDEFINED = {c.name: c for c in BUILDER_CONFIGS}
 
 
 def avmnist_config(
-    image="clean", audio_snr_db=None, noise_seed=0, pairing_seed=0, max_examples_per_split=None
+    image="clean", audio_snr_db=None, noise_seed=0, pairing_seed=0, max_examples_per_split=None,
+    task=avmnist_tasks.DIGIT,
 ) -> AvmnistConfig:
     """A custom variant, named canonically (the predefined object if it is one of those)."""
     fields = dict(
+        task=task,
         image=image,
         audio_snr_db=None if audio_snr_db is None else float(audio_snr_db),
         noise_seed=noise_seed,
@@ -168,6 +179,7 @@ def _parse_name(name: str) -> AvmnistConfig | None:
     except ValueError:
         return None
     return avmnist_config(
+        task=m["task"] or avmnist_tasks.DIGIT,
         image=m["image"],
         audio_snr_db=None if m["snr"] is None else float(m["snr"]),
         noise_seed=int(m["noise_seed"] or 0),
@@ -306,6 +318,35 @@ def split_images(mnist: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray,
 # ----------------------------------------------------------------------------- builder
 
 
+def _features(task: str) -> tfds.features.FeaturesDict:
+    if task == avmnist_tasks.DIGIT:
+        return tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8, encoding="bytes"),
+                "audio": tfds.features.Tensor(shape=(AUDIO_LENGTH,), dtype=np.int16, encoding="zlib"),
+                "audio_length": tfds.features.Scalar(dtype=np.int32, doc="samples before zero padding"),
+                "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+                "image_index": tfds.features.Scalar(dtype=np.int64, doc="MNIST index in its idx file"),
+                "audio_id": tfds.features.Text(doc="FSDD recording {digit}_{speaker}_{index}"),
+            }
+        )
+    lay = avmnist_tasks.layout(task)
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Tensor(shape=lay.image_shape, dtype=np.uint8, encoding="bytes"),
+            "audio": tfds.features.Tensor(shape=(lay.clips * AUDIO_LENGTH,), dtype=np.int16, encoding="zlib"),
+            "audio_length": tfds.features.Scalar(dtype=np.int32, doc="samples before the final zero padding"),
+            "label": tfds.features.ClassLabel(names=lay.class_names),
+            "image_digits": tfds.features.Tensor(shape=(lay.cells,), dtype=np.int64, doc="digit per cell, row-major"),
+            "image_indices": tfds.features.Tensor(
+                shape=(lay.cells,), dtype=np.int64, doc="MNIST index (in its idx file) per cell"
+            ),
+            "spoken_digits": tfds.features.Tensor(shape=(lay.clips,), dtype=np.int64, doc="in order"),
+            "audio_id": tfds.features.Text(doc="FSDD recordings {digit}_{speaker}_{index}, in order, ' '-joined"),
+        }
+    )
+
+
 class Avmnist(tfds_formats.PreparedDataSource, tfds.core.GeneratorBasedBuilder):
     """AV-MNIST: MNIST images paired with same-digit FSDD recordings (see module docstring)."""
 
@@ -334,16 +375,7 @@ class Avmnist(tfds_formats.PreparedDataSource, tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8, encoding="bytes"),
-                    "audio": tfds.features.Tensor(shape=(AUDIO_LENGTH,), dtype=np.int16, encoding="zlib"),
-                    "audio_length": tfds.features.Scalar(dtype=np.int32, doc="samples before zero padding"),
-                    "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-                    "image_index": tfds.features.Scalar(dtype=np.int64, doc="MNIST index in its idx file"),
-                    "audio_id": tfds.features.Text(doc="FSDD recording {digit}_{speaker}_{index}"),
-                }
-            ),
+            features=_features(self.builder_config.task),
             homepage="https://github.com/Jakobovski/free-spoken-digit-dataset",
             citation=(
                 "Vielzeuf et al., CentralNet: a Multilayer Approach for Multimodal Fusion (2018); "
@@ -379,6 +411,7 @@ class Avmnist(tfds_formats.PreparedDataSource, tfds.core.GeneratorBasedBuilder):
         log.info("AV-MNIST %s: sources from %s", cfg.name, paths.origin)
         splits = split_images(sources.load_mnist(paths.mnist))
         metadata = {
+            "task": cfg.task,
             "image": cfg.image,
             "audio_snr_db": cfg.audio_snr_db,
             "noise_seed": cfg.noise_seed,
@@ -396,6 +429,13 @@ class Avmnist(tfds_formats.PreparedDataSource, tfds.core.GeneratorBasedBuilder):
         recs = sources.split_recordings(paths.recordings, RECORDING_INDICES)
         n = cfg.max_examples_per_split
         generators = {}
+        if cfg.task != avmnist_tasks.DIGIT:
+            for split in SPLITS:
+                images, labels, indices = splits[split]
+                if cfg.image != "clean":  # every image of the split: distractors come from all of it
+                    images = pca_reconstruct(images, pca)
+                generators[split] = self._task_examples(split, images, labels, indices, recs[split], paths)
+            return generators
         for split in SPLITS:
             images, labels, indices = splits[split]
             audio_ids = pair_recordings(labels, recs[split], cfg.pairing_seed, split)  # before subsetting
@@ -422,6 +462,40 @@ class Avmnist(tfds_formats.PreparedDataSource, tfds.core.GeneratorBasedBuilder):
                 "label": int(label),
                 "image_index": int(index),
                 "audio_id": aid,
+            }
+
+    def _task_examples(self, split, images, labels, indices, recordings, paths):
+        """Draws a binding task's examples for the whole split, then composes the first n
+        (avmnist_tasks); noise seeded per (noise_seed, split, example, clip)."""
+        cfg: AvmnistConfig = self.builder_config
+        lay = avmnist_tasks.layout(cfg.task)
+        d = avmnist_tasks.draw(cfg.task, labels, cfg.pairing_seed, _SPLIT_CODES[split])
+        spoken_ids = pair_recordings(d.spoken.ravel(), recordings, cfg.pairing_seed, split).reshape(d.spoken.shape)
+        n = cfg.max_examples_per_split or len(labels)
+        rows, spoken, label, spoken_ids = d.image_rows[:n], d.spoken[:n], d.label[:n], spoken_ids[:n]
+        # Decode every needed wav now, so a bad file fails before anything is written.
+        clips = {a: fit_to_length(sources.read_wav(paths.recordings[a])) for a in sorted(set(spoken_ids.ravel()))}
+        return self._generate_task_examples(split, lay, images, labels, indices, rows, spoken, label, spoken_ids, clips)
+
+    def _generate_task_examples(self, split, lay, images, labels, indices, rows, spoken, label, spoken_ids, clips):
+        cfg: AvmnistConfig = self.builder_config
+        for i in range(len(rows)):
+            audio = []
+            for position, aid in enumerate(spoken_ids[i]):
+                clip, num_valid = clips[aid]
+                if cfg.audio_snr_db is not None:
+                    rng = np.random.default_rng([cfg.noise_seed, _SPLIT_CODES[split], i, position])
+                    clip = add_white_noise(clip, num_valid, cfg.audio_snr_db, rng)
+                audio.append(clip)
+            yield i, {
+                "image": avmnist_tasks.compose(images[rows[i]], lay),
+                "audio": np.concatenate(audio),
+                "audio_length": (lay.clips - 1) * AUDIO_LENGTH + clips[spoken_ids[i][-1]][1],
+                "label": int(label[i]),
+                "image_digits": labels[rows[i]].astype(np.int64),
+                "image_indices": indices[rows[i]].astype(np.int64),
+                "spoken_digits": spoken[i].astype(np.int64),
+                "audio_id": " ".join(spoken_ids[i]),
             }
 
     def _save_pca(self, pca: PCA) -> None:
