@@ -470,6 +470,11 @@ def test_cell_mass_hand_made_and_refused_where_undefined():
     build(_grid_model('crossattn', 'cls'), grid=4)
   with error("attention.grid: fusion 'bottleneck' has no attention from audio to image"):
     build(_grid_model('bottleneck', 'cls'), grid=2)
+  for data, task in (('pca5_snr-11', 'digit'), ('grid3_clean', 'grid3')):
+    with error(f"attention.grid: 2: the data is AV-MNIST task '{task}', not grid2"):
+      evaluators.build_all(ml_collections.ConfigDict({'attention': evaluators.evaluator_config(
+          'attention', grid=2)}), _grid_model('crossattn', 'cls'), None,
+                           ml_collections.ConfigDict({'name': 'avmnist', 'builder_config': data}))
   one_way = _grid_model('crossattn', 'cls', direction='b->a')
   with error("attention.grid: crossattn with direction='b->a' has no audio queries"):
     build(one_way, grid=2)

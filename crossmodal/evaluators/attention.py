@@ -52,6 +52,9 @@ class Evaluator(common.Evaluator):
                   "image attends to the audio); use direction='both' or the other way", 'grid')
       if score_examples < 1:
         self.fail(f'{score_examples} must be >= 1', 'score_examples')
+      task = _avmnist_task(data)
+      if task is not None and task != f'grid{grid}':
+        self.fail(f'{grid}: the data is AV-MNIST task {task!r}, not grid{grid}', 'grid')
 
   def metrics(self) -> dict[str, str]:
     return {'cell_mass': 'max'} if self.grid else {}  # otherwise pictures only
@@ -127,6 +130,14 @@ class Evaluator(common.Evaluator):
         return slice(cls + keys, width), slice(cls, cls + keys)
       return slice(cls, width - keys), slice(width - keys, width)
     return None
+
+
+def _avmnist_task(data) -> str | None:
+  """The AV-MNIST task of a data config (None: other data, or none given)."""
+  from crossmodal.data import avmnist, datasets  # pylint: disable=g-import-not-at-top
+  if data is None or datasets.option(data, 'name') != 'avmnist':
+    return None
+  return avmnist.resolve_config(datasets.option(data, 'builder_config')).task
 
 
 def cell_mass(weights: np.ndarray, labelled: np.ndarray) -> np.ndarray:
