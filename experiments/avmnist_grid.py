@@ -7,16 +7,21 @@ seq3). Neither modality alone is above chance (25%, 11%, 50%, 33%, 25%).
       --workdir=runs/grid2_crossattn
 
 Presets: those of experiments/avmnist.py (fusion, modalities, encoders, trunk, variant, snr,
-subset, steps, evals, probes), with task=grid2 (default) | grid3 | match | seq2 | seq3, and
-these defaults: clean images and audio (variant=clean, snr=clean), since the question is whether
-a fusion can bind, not whether it can read a degraded digit (variant=pca5,snr=-11 gives the
-AV-MNIST recipe's inputs); and every fusion on the full LeNet trunks (trunk=full: attention
-fusions read the token stage's map plus the final map as one more token), so that fusions differ
-in the fusion only (docs/results.md, "Fusion types on equal trunks"). evals=attention with crossattn or joint on a grid task adds `cell_mass`, the
-share of the audio tokens' attention on the image tokens of the labelled cell, after training
+subset, steps, evals, probes, encoders_from, locked), with task=grid2 (default) | grid3 | match
+| seq2 | seq3, and these defaults: clean images and audio (variant=clean, snr=clean), since the
+question is whether a fusion can bind, not whether it can read a degraded digit
+(variant=pca5,snr=-11 gives the AV-MNIST recipe's inputs); and every fusion on the full LeNet
+trunks (trunk=full: attention fusions read the token stage's map plus the final map as one more
+token), so that fusions differ in the fusion only (docs/fusion.md, "Encoder
+trunks"). evals=attention with crossattn or joint on a grid task adds `cell_mass`, the share of
+the audio tokens' attention on the image tokens of the labelled cell, after training
 (attention) and every 500 steps on validation (attention_val).
 
-The study and its expected results are in docs/results.md ("Where fusion must bind").
+Expected results (seed 0, 2000 steps; docs/results.md, "Where fusion must bind", in progress):
+task=grid2 concat 25.11%, crossattn 25.00% (chance 25%: neither binds, cell_mass at chance);
+task=match,fusion=crossattn 50.00% (chance), and 95.48% when both encoders start from a
+crossattn run on AV-MNIST digits (encoders_from=<it>,trunk=to_token_stage), where grid2 stays
+at 25.00%.
 """
 import os
 
