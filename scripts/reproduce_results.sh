@@ -144,6 +144,12 @@ sweep --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_b
 run python scripts/ablate.py --config=experiments/emoji_retrieval.py --sweep=experiments/sweeps/emoji_batch.py --seeds=3 --root=runs/emoji_batch --metrics='zero_shot/accuracy,class/recall@1$'
 sweep --config=experiments/emoji.py --sweep=experiments/sweeps/emoji.py --seeds=3 --root=runs/emoji
 run python scripts/baselines.py --dataset=both --out=runs/baselines/baselines.md
+# Where fusion must bind (docs/results.md; in progress): the sweep and the diagnostics.
+sweep --config=experiments/avmnist_grid.py:task=grid2 --sweep=experiments/sweeps/binding.py --seeds=3 --root=runs/binding_grid2
+once bind_digit_towers python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,variant=clean,snr=clean,trunk=to_token_stage,steps=1000 --workdir=runs/bind_diag/digit_towers
+once bind_grid2_towers python -m crossmodal.main --config=experiments/avmnist_grid.py:fusion=crossattn,evals=attention,trunk=to_token_stage,encoders_from=runs/bind_diag/digit_towers --workdir=runs/bind_diag/grid2_towers_unlocked
+once bind_match_towers python -m crossmodal.main --config=experiments/avmnist_grid.py:task=match,fusion=crossattn,trunk=to_token_stage,encoders_from=runs/bind_diag/digit_towers --workdir=runs/bind_diag/match_towers
+once bind_match_scratch python -m crossmodal.main --config=experiments/avmnist_grid.py:task=match,fusion=crossattn --workdir=runs/bind_diag/match_scratch
 
 echo "Tables: runs/calibration, runs/fusion, runs/crossattn, runs/bottleneck, runs/robustness,"
 echo "runs/emoji_retrieval, runs/emoji_retrieval_last, runs/emoji (results.md in each);"
