@@ -40,7 +40,7 @@ ALTERNATIVES = {
     'crossattn': {'direction': ['a->b', 'b->a'], 'num_layers': [1], 'num_heads': [2],
                   'kv_source': ['updated'], 'combine': ['residual', 'concat_proj_residual'],
                   'shared_norm': [True], 'self_attention_layers': [2],
-                  'modality_embeddings': [False], 'heads': ['per_stream'],
+                  'unimodal_layers': [1], 'modality_embeddings': [False], 'heads': ['per_stream'],
                   **EMBEDDING_ALTERNATIVES},
     'joint': {'num_layers': [1], 'num_heads': [2], 'modality_embeddings': [False],
               **EMBEDDING_ALTERNATIVES},
@@ -285,6 +285,7 @@ MISSING_CASES = ([(name, {}, 3) for name in FUSIONS] + [
     ('crossattn', {'direction': 'b->a', 'combine': 'residual', 'pooling': 'mean',
                    'self_attention_layers': 0}, 2),
     ('crossattn', {'kv_source': 'updated', 'pooling': 'mean'}, 3),
+    ('crossattn', {'unimodal_layers': 2}, 3),
     ('joint', {'pooling': 'mean'}, 3),
     ('bottleneck', {'fusion_layer': 0, 'pooling': 'mean'}, 3),
     ('bottleneck', {'fusion_layer': 2}, 3),
@@ -362,6 +363,11 @@ def test_attention_weights_respect_masks():
     else:
       tgt = key.split('/')[1]
       _check_rows(w, with_cls[tgt], with_cls[tgt])
+  # crossattn's unimodal layers: one modality's tokens on both sides, no class token
+  module = build('crossattn', unimodal_layers=1)
+  out = run(module, init(module, encoded, present), encoded, present, attention=True)
+  for m in encoded:
+    _check_rows(out['attention'][f'unimodal_0/{m}'], valid[m], valid[m])
   # bottleneck (fused layers): [class token; tokens; bottlenecks (always valid)]
   module = build('bottleneck', fusion_layer=0, num_bottlenecks=2)
   out = run(module, init(module, encoded, present), encoded, present, attention=True)
@@ -369,6 +375,22 @@ def test_attention_weights_respect_masks():
     m = key.split('/')[1]
     full = jnp.concatenate([with_cls[m], jnp.ones((B, 2), bool)], 1)
     _check_rows(w, full, full)
+
+
+def test_unimodal_layers_mix_one_modality_before_the_cross_layers():
+  """unimodal_layers: each modality's tokens attend only to their own before any cross layer,
+  so changing b's tokens leaves a's unimodal attention as it was and changes the output."""
+  encoded, present = make_encoded(2), present_mask(2)
+  module = build('crossattn', unimodal_layers=1)
+  variables = init(module, encoded, present)
+  assert {'unimodal_0_a', 'unimodal_0_b'} <= set(variables['params'])
+  base = run(module, variables, encoded, present, attention=True)
+  other = {**encoded, 'b': perturb(encoded['b'], jnp.ones(B, bool), 3)}
+  moved = run(module, variables, other, present, attention=True)
+  np.testing.assert_array_equal(moved['attention']['unimodal_0/a'],
+                                base['attention']['unimodal_0/a'])
+  assert not np.allclose(moved['attention']['unimodal_0/b'], base['attention']['unimodal_0/b'])
+  assert not np.allclose(moved['logits'], base['logits'])
 
 
 # ----------------------------------------------------------------------------- references

@@ -462,23 +462,27 @@ class CrossAttentionFusion(_AttentionFusionBase):
   sources' (embedded) encoder tokens at every layer, as in MulT; 'updated': the sources'
   states after the previous layer, i.e. their own target streams (direction='both') or,
   for a source that is not a target, a self-attention layer per cross layer.
+  With `unimodal_layers` > 0, each modality first runs that many self-attention layers over
+  its own tokens (MBT's layers below its fusion layer), so that a token can carry what its
+  neighbours show before it is compared across modalities; the cross layers read these tokens.
   After `num_layers` cross layers, each target stream runs `self_attention_layers`
   self-attention layers (MulT's final transformer; required for pooling='cls', since
   cross-attention alone never mixes the target's own tokens into its class token), a final
   LayerNorm and pooling. fused = concatenation of the pooled targets, [B, targets * D].
   Class tokens are never keys. Attention keys: 'cross_{l}/{source}->{target}',
-  'source_self_{l}/{source}', 'self_{j}/{target}'.
+  'unimodal_{l}/{modality}', 'source_self_{l}/{source}', 'self_{j}/{target}'.
   """
   direction: str = 'both'
   kv_source: str = 'first_layer'
   combine: str = 'concat_proj'
   shared_norm: bool = False
   self_attention_layers: int = 1
+  unimodal_layers: int = 0
   modality_embeddings: bool = True
   heads: str = 'shared'
   choices = {'direction': DIRECTIONS, 'kv_source': KV_SOURCES, 'combine': COMBINES,
              'pooling': POOLINGS, 'heads': HEADS}
-  non_negative = ('self_attention_layers',)
+  non_negative = ('self_attention_layers', 'unimodal_layers')
 
   @classmethod
   def _check_type(cls, values, num_modalities):
@@ -514,6 +518,14 @@ class CrossAttentionFusion(_AttentionFusionBase):
     targets, sources = self._routes()
     tokens, masks = zip(*[self._tokens(i, e, present, self.modality_embeddings, train)
                           for i, e in enumerate(encs)])
+    attention = {}
+    tokens = list(tokens)
+    for i, m in enumerate(names):
+      for layer in range(self.unimodal_layers):
+        tokens[i], ws = self._layer(f'unimodal_{layer}_{m}')(
+            tokens[i], mask=masks[i], train=train, return_weights=return_attention)
+        if ws:
+          attention[f'unimodal_{layer}/{m}'] = ws[0]
     cls = self.pooling == 'cls'
     states, state_masks = dict(enumerate(tokens)), dict(enumerate(masks))
     for t in targets:  # target streams carry their class token at position 0
@@ -523,7 +535,6 @@ class CrossAttentionFusion(_AttentionFusionBase):
     offset = {i: int(cls and i in targets) for i in range(len(encs))}  # strip class tokens
     updated_sources = ([s for s in sorted({s for v in sources.values() for s in v})
                         if s not in targets] if self.kv_source == 'updated' else [])
-    attention = {}
     for layer in range(self.num_layers):
       if self.kv_source == 'first_layer':
         kv = {s: (tokens[s], masks[s]) for s in range(len(encs))}
