@@ -4,7 +4,7 @@ Two sources of tokens, the same fusion and head, trained alone (Adam, constant l
 
   synthetic: every image token is its cell's digit embedding, every audio token the spoken
     digit's (independent random embeddings per modality, so the fusion must learn to align them),
-    plus Gaussian noise. This asks whether the block can bind at all, and how fast as the tokens
+    plus Gaussian noise, drawn per token or (--shared_noise) once per audio clip. This asks whether the block can bind at all, and how fast as the tokens
     carry less of their digit.
   towers: the tokens that the encoders of a trained run (`--towers=<workdir>`, best checkpoint,
     encoders run in inference mode) give on the grid task's images and audio. Also reports how
@@ -53,19 +53,32 @@ def digit_r2(tokens: np.ndarray, digits: np.ndarray) -> float:
   return float((means[digits] ** 2).sum() / (centred ** 2).sum())
 
 
+def _cells(tokens: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+  """(the cell each of a square map's tokens lies in most, whether it lies wholly in it)."""
+  side = int(round(tokens ** 0.5))
+  share = avmnist_tasks.cell_of_token(side, side, avmnist_tasks.layout(f'grid{grid}'))
+  return share.argmax(0), np.isclose(share.max(0), 1)
+
+
 def token_r2(image: np.ndarray, audio: np.ndarray, image_digits: np.ndarray,
              spoken: np.ndarray, grid: int) -> dict[str, float]:
   """Mean over token positions of digit_r2: image tokens [N, h*w, D] that lie wholly in one cell
   (against that cell's digit, image_digits [N, cells]), audio tokens [N, T, D] (against the
   spoken digit [N])."""
-  side = int(round(image.shape[1] ** 0.5))
-  share = avmnist_tasks.cell_of_token(side, side, avmnist_tasks.layout(f'grid{grid}'))
-  whole = np.where(share.max(0) == 1)[0]
-  cell = share.argmax(0)
+  cell, whole = _cells(image.shape[1], grid)
+  whole = np.where(whole)[0]
   return {'image_token_r2': float(np.mean([digit_r2(image[:, t], image_digits[:, cell[t]])
                                            for t in whole])),
           'audio_token_r2': float(np.mean([digit_r2(audio[:, t], spoken)
                                            for t in range(audio.shape[1])]))}
+
+
+def pool_tokens(image: np.ndarray, grid: int) -> np.ndarray:
+  """Image tokens [N, h*w, D] with each token replaced by the mean of the tokens that lie
+  wholly in its cell (the token's cell: where most of it lies)."""
+  cell, whole = _cells(image.shape[1], grid)
+  means = np.stack([image[:, whole & (cell == c)].mean(1) for c in range(grid * grid)], 1)
+  return means[:, cell]
 
 
 # ----------------------------------------------------------------------------- token sources
@@ -73,8 +86,9 @@ def token_r2(image: np.ndarray, audio: np.ndarray, image_digits: np.ndarray,
 
 def synthetic_tokens(rng: np.random.Generator, size: int, grid: int, noise: float,
                      audio_noise: float, embeddings: tuple[np.ndarray, np.ndarray], side: int = 7,
-                     audio_tokens: int = 24) -> dict[str, np.ndarray]:
-  """A batch of synthetic grid examples (module docstring), with provenance."""
+                     audio_tokens: int = 24, shared_noise: bool = False) -> dict[str, np.ndarray]:
+  """A batch of synthetic grid examples (module docstring), with provenance. shared_noise:
+  one draw of audio noise per clip, the same for all its tokens (as a speaker's voice is)."""
   e_image, e_audio = embeddings
   dim = e_image.shape[1]
   cells = grid * grid
@@ -83,7 +97,9 @@ def synthetic_tokens(rng: np.random.Generator, size: int, grid: int, noise: floa
   spoken = digits[np.arange(size), label]
   cell = avmnist_tasks.cell_of_token(side, side, avmnist_tasks.layout(f'grid{grid}')).argmax(0)
   image = e_image[digits[:, cell]] + noise * rng.normal(size=(size, side * side, dim))
-  audio = e_audio[spoken][:, None] + audio_noise * rng.normal(size=(size, audio_tokens, dim))
+  audio = e_audio[spoken][:, None] + audio_noise * rng.normal(
+      size=(size, 1 if shared_noise else audio_tokens, dim))
+  audio = np.broadcast_to(audio, (size, audio_tokens, dim))
   return {'image': image.astype(np.float32), 'audio': audio.astype(np.float32),
           'label': label, 'image_digits': digits, 'spoken_digits': spoken}
 
@@ -189,6 +205,8 @@ def main(argv=None) -> None:
   parser.add_argument('--noise', type=float, default=0.5, help='synthetic: noise std')
   parser.add_argument('--audio_noise', type=float, default=None,
                       help='synthetic: noise std of the audio tokens (default --noise)')
+  parser.add_argument('--shared_noise', action='store_true',
+                      help='synthetic: the same audio noise for every token of a clip')
   parser.add_argument('--fusion', default='crossattn', choices=('crossattn', 'joint'))
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='a fusion config field, e.g. --set=combine=residual')
@@ -197,6 +215,9 @@ def main(argv=None) -> None:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--log_every', type=int, default=250)
   parser.add_argument('--train_examples', type=int, default=30000)
+  parser.add_argument('--pool_tokens', default='', help="towers: comma-separated modalities "
+                      "whose tokens are replaced by their mean (audio: over the clip; image: over "
+                      "the tokens wholly in the token's cell), i.e. object-level tokens")
   parser.add_argument('--out', default='', help='also write the JSON lines to this file')
   args = parser.parse_args(argv)
   grid = int(args.task[-1])
@@ -209,11 +230,11 @@ def main(argv=None) -> None:
   validation = None
   if args.source == 'synthetic':
     audio_noise = args.noise if args.audio_noise is None else args.audio_noise
-    info.update(noise=args.noise, audio_noise=audio_noise)
+    info.update(noise=args.noise, audio_noise=audio_noise, shared_noise=args.shared_noise)
     e_rng = np.random.default_rng(1000 + args.seed)
     embeddings = tuple(e_rng.normal(size=(10, 64)).astype(np.float32) for _ in range(2))
     sample = lambda rng, size: synthetic_tokens(rng, size, grid, args.noise, audio_noise,
-                                                    embeddings)
+                                                    embeddings, shared_noise=args.shared_noise)
     probe = sample(np.random.default_rng(1), 4000)
   else:
     if not args.towers:
@@ -221,6 +242,14 @@ def main(argv=None) -> None:
     info['towers'] = args.towers
     data = tower_tokens(args.towers, args.task, 'train', args.train_examples)
     validation = tower_tokens(args.towers, args.task, 'validation', 5000)
+    pooled = [m for m in args.pool_tokens.split(',') if m]
+    if set(pooled) - {'image', 'audio'}:
+      parser.error(f'--pool_tokens={args.pool_tokens!r}: give image and/or audio')
+    for d in (data, validation):
+      for m in pooled:
+        d[m] = pool_tokens(d[m], grid) if m == 'image' else np.broadcast_to(
+            d[m].mean(1, keepdims=True), d[m].shape).copy()
+    info['pool_tokens'] = pooled
     sample = lambda rng, size: {k: v[idx] for idx in [rng.integers(0, len(data['label']), size)]
                                 for k, v in data.items()}
     probe = {k: v[:8000] for k, v in data.items()}

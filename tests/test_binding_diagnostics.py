@@ -41,6 +41,12 @@ def test_synthetic_tokens_show_each_cells_digit_and_the_spoken_one():
     r2 = diag.token_r2(batch['image'], batch['audio'], batch['image_digits'],
                        batch['spoken_digits'], grid)
     np.testing.assert_allclose(list(r2.values()), [1.0, 1.0], rtol=1e-9)
+  # per-token noise differs between a clip's tokens; shared noise is one draw per clip
+  noisy = diag.synthetic_tokens(rng, 8, 2, 1.0, 1.0, embeddings)['audio']
+  shared = diag.synthetic_tokens(rng, 8, 2, 1.0, 1.0, embeddings, shared_noise=True)['audio']
+  assert not np.allclose(noisy[:, 0], noisy[:, 1])
+  np.testing.assert_array_equal(shared, np.broadcast_to(shared[:, :1], shared.shape))
+  assert not np.allclose(shared[0, 0], shared[1, 0])
 
 
 def test_fusion_alone_fits_a_fixed_batch():
@@ -54,3 +60,17 @@ def test_fusion_alone_fits_a_fixed_batch():
                                 log_every=20))
   assert [log['step'] for log in logs] == [20, 40, 60]
   assert logs[-1]['train_loss'] < 0.1 * np.log(4), logs
+
+
+def test_pool_tokens_gives_each_token_its_cells_mean():
+  """Every cell of a 7x7 grid2 map has 3x3 tokens wholly inside it (the middle row and column
+  straddle); each token becomes the mean of its cell's."""
+  rng = np.random.default_rng(3)
+  image = rng.normal(size=(5, 49, 4))
+  pooled = diag.pool_tokens(image, 2).reshape(5, 7, 7, 4)
+  grid = image.reshape(5, 7, 7, 4)
+  for rows, cols in ((slice(0, 3), slice(0, 3)), (slice(0, 3), slice(4, 7)),
+                     (slice(4, 7), slice(0, 3)), (slice(4, 7), slice(4, 7))):
+    mean = grid[:, rows, cols].mean(axis=(1, 2))
+    np.testing.assert_allclose(pooled[:, rows, cols], np.broadcast_to(
+        mean[:, None, None], (5, 3, 3, 4)), rtol=1e-12)
