@@ -104,12 +104,14 @@ def synthetic_tokens(rng: np.random.Generator, size: int, grid: int, noise: floa
           'label': label, 'image_digits': digits, 'spoken_digits': spoken}
 
 
-def tower_tokens(towers: str, task: str, split: str, size: int) -> dict[str, np.ndarray]:
-  """Tokens of the encoders of run `towers` (its best checkpoint, in inference mode) on the
-  first `size` examples of `split` of AV-MNIST `task` (clean), with provenance."""
+def tower_tokens(towers: str, task: str, split: str, size: int, trunk: str = 'to_token_stage'
+                 ) -> dict[str, np.ndarray]:
+  """Tokens of the encoders of run `towers` (its best checkpoint, in inference mode; `trunk`
+  as that run's) on the first `size` examples of `split` of AV-MNIST `task` (clean), with
+  provenance. With trunk='full' each modality's last token is its pooled vector."""
   from crossmodal import train  # pylint: disable=import-outside-toplevel
   config = config_utils.load_config_file(
-      f'{GRID_CONFIG}:task={task},fusion=crossattn,trunk=to_token_stage,encoders_from={towers}')
+      f'{GRID_CONFIG}:task={task},fusion=crossattn,trunk={trunk},encoders_from={towers}')
   config.data.eval_batch_size = 250
   run = train._Run(config)  # pylint: disable=protected-access
   state = run.initial_state()
@@ -215,6 +217,9 @@ def main(argv=None) -> None:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--log_every', type=int, default=250)
   parser.add_argument('--train_examples', type=int, default=30000)
+  parser.add_argument('--trunk', default='to_token_stage', choices=('to_token_stage', 'full'),
+                      help="towers: the towers run's trunk (full adds the pooled vector as a "
+                      'last token)')
   parser.add_argument('--pool_tokens', default='', help="towers: comma-separated modalities "
                       "whose tokens are replaced by their mean (audio: over the clip; image: over "
                       "the tokens wholly in the token's cell), i.e. object-level tokens")
@@ -239,12 +244,14 @@ def main(argv=None) -> None:
   else:
     if not args.towers:
       parser.error('towers: give --towers=<workdir of a trained run>')
-    info['towers'] = args.towers
-    data = tower_tokens(args.towers, args.task, 'train', args.train_examples)
-    validation = tower_tokens(args.towers, args.task, 'validation', 5000)
+    info.update(towers=args.towers, trunk=args.trunk)
+    data = tower_tokens(args.towers, args.task, 'train', args.train_examples, args.trunk)
+    validation = tower_tokens(args.towers, args.task, 'validation', 5000, args.trunk)
     pooled = [m for m in args.pool_tokens.split(',') if m]
     if set(pooled) - {'image', 'audio'}:
       parser.error(f'--pool_tokens={args.pool_tokens!r}: give image and/or audio')
+    if pooled and args.trunk == 'full':
+      parser.error('--pool_tokens reads a square token map; use it with --trunk=to_token_stage')
     for d in (data, validation):
       for m in pooled:
         d[m] = pool_tokens(d[m], grid) if m == 'image' else np.broadcast_to(
@@ -253,8 +260,12 @@ def main(argv=None) -> None:
     sample = lambda rng, size: {k: v[idx] for idx in [rng.integers(0, len(data['label']), size)]
                                 for k, v in data.items()}
     probe = {k: v[:8000] for k, v in data.items()}
-  info.update(token_r2(probe['image'], probe['audio'], probe['image_digits'],
+  summary = args.source == 'towers' and args.trunk == 'full'  # last token: the pooled vector
+  cut = slice(None, -1 if summary else None)
+  info.update(token_r2(probe['image'][:, cut], probe['audio'][:, cut], probe['image_digits'],
                        probe['spoken_digits'], grid))
+  if summary:
+    info['audio_summary_r2'] = digit_r2(probe['audio'][:, -1], probe['spoken_digits'])
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out or os.devnull, 'w', encoding='utf-8') as out:

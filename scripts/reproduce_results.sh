@@ -150,6 +150,13 @@ once bind_digit_towers python -m crossmodal.main --config=experiments/avmnist.py
 once bind_grid2_towers python -m crossmodal.main --config=experiments/avmnist_grid.py:fusion=crossattn,evals=attention,trunk=to_token_stage,encoders_from=runs/bind_diag/digit_towers --workdir=runs/bind_diag/grid2_towers_unlocked
 once bind_match_towers python -m crossmodal.main --config=experiments/avmnist_grid.py:task=match,fusion=crossattn,trunk=to_token_stage,encoders_from=runs/bind_diag/digit_towers --workdir=runs/bind_diag/match_towers
 once bind_match_scratch python -m crossmodal.main --config=experiments/avmnist_grid.py:task=match,fusion=crossattn --workdir=runs/bind_diag/match_scratch
+# The fusion alone on given tokens (scripts/binding_diagnostics.py).
+once bind_fo_synthetic python scripts/binding_diagnostics.py synthetic --noise=0.5 --steps=1000 --log_every=250 --out=runs/bind_diag/fusion_only/synthetic_0.5.jsonl
+once bind_fo_synthetic_r2 python scripts/binding_diagnostics.py synthetic --noise=1.13 --audio_noise=2.6 --steps=1500 --log_every=500 --out=runs/bind_diag/fusion_only/synthetic_real_r2.jsonl
+once bind_fo_synthetic_shared python scripts/binding_diagnostics.py synthetic --noise=1.13 --audio_noise=2.6 --shared_noise --steps=3000 --log_every=250 --out=runs/bind_diag/fusion_only/synthetic_real_r2_shared.jsonl
+once bind_digit_towers_md python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,variant=clean,snr=clean,trunk=to_token_stage,steps=2000 --config.train.modality_dropout=0.5 --workdir=runs/bind_diag/digit_towers_md
+once bind_fo_towers_md python scripts/binding_diagnostics.py towers --towers=runs/bind_diag/digit_towers_md --steps=2500 --log_every=500 --out=runs/bind_diag/fusion_only/towers_md.jsonl
+once bind_fo_towers_md_pooled python scripts/binding_diagnostics.py towers --towers=runs/bind_diag/digit_towers_md --steps=3000 --log_every=500 --pool_tokens=image,audio --out=runs/bind_diag/fusion_only/towers_md_pooled.jsonl
 
 echo "Tables: runs/calibration, runs/fusion, runs/crossattn, runs/bottleneck, runs/robustness,"
 echo "runs/emoji_retrieval, runs/emoji_retrieval_last, runs/emoji (results.md in each);"
