@@ -4,8 +4,8 @@ Two sources of tokens, the same fusion and head, trained alone (Adam, constant l
 
   synthetic: every image token is its cell's digit embedding, every audio token the spoken
     digit's (independent random embeddings per modality, so the fusion must learn to align them),
-    plus Gaussian noise, drawn per token or (--shared_noise) once per audio clip. This asks whether the block can bind at all, and how fast as the tokens
-    carry less of their digit.
+    plus Gaussian noise, drawn per token or (--shared_noise) once per audio clip. This asks
+    whether the block can bind at all, and how fast as the tokens carry less of their digit.
   towers: the tokens that the encoders of a trained run (`--towers=<workdir>`, best checkpoint,
     encoders run in inference mode) give on the grid task's images and audio. Also reports how
     much of each token's variance its digit explains (R^2 at fixed token position), the quantity
@@ -15,9 +15,9 @@ Two sources of tokens, the same fusion and head, trained alone (Adam, constant l
   python scripts/binding_diagnostics.py towers --towers=runs/bind_diag/digit_towers_md \
       --steps=3000
 
-Prints (and with --out writes) one JSON line every --log_every steps (train loss and accuracy over those steps; for
-towers also validation accuracy) and a final line with the R^2 values. docs/results.md, "Where
-fusion must bind", reads these.
+Prints (and with --out writes) a first JSON line with the setup and the tokens' R^2, then one
+every --log_every steps (train loss and accuracy over those steps; for towers also validation
+accuracy). docs/results.md, "Where fusion must bind", reads these.
 """
 from __future__ import annotations
 
@@ -244,21 +244,23 @@ def main(argv=None) -> None:
   else:
     if not args.towers:
       parser.error('towers: give --towers=<workdir of a trained run>')
-    info.update(towers=args.towers, trunk=args.trunk)
-    data = tower_tokens(args.towers, args.task, 'train', args.train_examples, args.trunk)
-    validation = tower_tokens(args.towers, args.task, 'validation', 5000, args.trunk)
     pooled = [m for m in args.pool_tokens.split(',') if m]
     if set(pooled) - {'image', 'audio'}:
       parser.error(f'--pool_tokens={args.pool_tokens!r}: give image and/or audio')
     if pooled and args.trunk == 'full':
       parser.error('--pool_tokens reads a square token map; use it with --trunk=to_token_stage')
+    info.update(towers=args.towers, trunk=args.trunk)
+    data = tower_tokens(args.towers, args.task, 'train', args.train_examples, args.trunk)
+    validation = tower_tokens(args.towers, args.task, 'validation', 5000, args.trunk)
     for d in (data, validation):
       for m in pooled:
         d[m] = pool_tokens(d[m], grid) if m == 'image' else np.broadcast_to(
             d[m].mean(1, keepdims=True), d[m].shape).copy()
     info['pool_tokens'] = pooled
-    sample = lambda rng, size: {k: v[idx] for idx in [rng.integers(0, len(data['label']), size)]
-                                for k, v in data.items()}
+
+    def sample(rng, size):
+      rows = rng.integers(0, len(data['label']), size)
+      return {k: v[rows] for k, v in data.items()}
     probe = {k: v[:8000] for k, v in data.items()}
   summary = args.source == 'towers' and args.trunk == 'full'  # last token: the pooled vector
   cut = slice(None, -1 if summary else None)
