@@ -113,6 +113,10 @@ def tower_tokens(towers: str, task: str, split: str, size: int, trunk: str = 'to
   config = config_utils.load_config_file(
       f'{GRID_CONFIG}:task={task},fusion=crossattn,trunk={trunk},encoders_from={towers}')
   config.data.eval_batch_size = 250
+  if trunk == 'full':
+    # Towers trained on 28x28 digits flatten a 1x1 final map, which equals averaging it; the
+    # grid's larger image gives a larger map, so average it to keep their pool_proj.
+    config.model.encoders.image.pool = 'avg'
   run = train._Run(config)  # pylint: disable=protected-access
   state = run.initial_state()
   encoders = {m: run.model.encoder(m) for m in ('image', 'audio')}

@@ -157,6 +157,8 @@ once bind_fo_synthetic_shared python scripts/binding_diagnostics.py synthetic --
 once bind_digit_towers_md python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,variant=clean,snr=clean,trunk=to_token_stage,steps=2000 --config.train.modality_dropout=0.5 --workdir=runs/bind_diag/digit_towers_md
 once bind_fo_towers_md python scripts/binding_diagnostics.py towers --towers=runs/bind_diag/digit_towers_md --steps=2500 --log_every=500 --out=runs/bind_diag/fusion_only/towers_md.jsonl
 once bind_fo_towers_md_pooled python scripts/binding_diagnostics.py towers --towers=runs/bind_diag/digit_towers_md --steps=3000 --log_every=500 --pool_tokens=image,audio --out=runs/bind_diag/fusion_only/towers_md_pooled.jsonl
+once bind_digit_towers_md_full python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,variant=clean,snr=clean,trunk=full,steps=2000 --config.train.modality_dropout=0.5 --workdir=runs/bind_diag/digit_towers_md_full
+once bind_fo_towers_md_full python scripts/binding_diagnostics.py towers --towers=runs/bind_diag/digit_towers_md_full --trunk=full --steps=1500 --log_every=250 --out=runs/bind_diag/fusion_only/towers_md_full.jsonl
 
 echo "Tables: runs/calibration, runs/fusion, runs/crossattn, runs/bottleneck, runs/robustness,"
 echo "runs/emoji_retrieval, runs/emoji_retrieval_last, runs/emoji (results.md in each);"
