@@ -86,9 +86,11 @@ def pool_tokens(image: np.ndarray, grid: int) -> np.ndarray:
 
 def synthetic_tokens(rng: np.random.Generator, size: int, grid: int, noise: float,
                      audio_noise: float, embeddings: tuple[np.ndarray, np.ndarray], side: int = 7,
-                     audio_tokens: int = 24, shared_noise: bool = False) -> dict[str, np.ndarray]:
+                     audio_tokens: int = 24, shared_noise: bool = False,
+                     shared_image_noise: bool = False) -> dict[str, np.ndarray]:
   """A batch of synthetic grid examples (module docstring), with provenance. shared_noise:
-  one draw of audio noise per clip, the same for all its tokens (as a speaker's voice is)."""
+  one draw of audio noise per clip, the same for all its tokens (as a speaker's voice is);
+  shared_image_noise: one draw of image noise per cell (as a digit's handwriting is)."""
   e_image, e_audio = embeddings
   dim = e_image.shape[1]
   cells = grid * grid
@@ -96,7 +98,11 @@ def synthetic_tokens(rng: np.random.Generator, size: int, grid: int, noise: floa
   label = rng.integers(0, cells, size)
   spoken = digits[np.arange(size), label]
   cell = avmnist_tasks.cell_of_token(side, side, avmnist_tasks.layout(f'grid{grid}')).argmax(0)
-  image = e_image[digits[:, cell]] + noise * rng.normal(size=(size, side * side, dim))
+  if shared_image_noise:
+    image_noise = rng.normal(size=(size, cells, dim))[:, cell]
+  else:
+    image_noise = rng.normal(size=(size, side * side, dim))
+  image = e_image[digits[:, cell]] + noise * image_noise
   audio = e_audio[spoken][:, None] + audio_noise * rng.normal(
       size=(size, 1 if shared_noise else audio_tokens, dim))
   audio = np.broadcast_to(audio, (size, audio_tokens, dim))
@@ -213,6 +219,8 @@ def main(argv=None) -> None:
                       help='synthetic: noise std of the audio tokens (default --noise)')
   parser.add_argument('--shared_noise', action='store_true',
                       help='synthetic: the same audio noise for every token of a clip')
+  parser.add_argument('--shared_image_noise', action='store_true',
+                      help='synthetic: the same image noise for every token of a cell')
   parser.add_argument('--fusion', default='crossattn', choices=('crossattn', 'joint'))
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='a fusion config field, e.g. --set=combine=residual')
@@ -240,10 +248,13 @@ def main(argv=None) -> None:
   if args.source == 'synthetic':
     audio_noise = args.noise if args.audio_noise is None else args.audio_noise
     info.update(noise=args.noise, audio_noise=audio_noise, shared_noise=args.shared_noise)
+    if args.shared_image_noise:
+      info['shared_image_noise'] = True
     e_rng = np.random.default_rng(1000 + args.seed)
     embeddings = tuple(e_rng.normal(size=(10, 64)).astype(np.float32) for _ in range(2))
     sample = lambda rng, size: synthetic_tokens(rng, size, grid, args.noise, audio_noise,
-                                                    embeddings, shared_noise=args.shared_noise)
+                                                    embeddings, shared_noise=args.shared_noise,
+                                                    shared_image_noise=args.shared_image_noise)
     probe = sample(np.random.default_rng(1), 4000)
   else:
     if not args.towers:

@@ -47,6 +47,12 @@ def test_synthetic_tokens_show_each_cells_digit_and_the_spoken_one():
   assert not np.allclose(noisy[:, 0], noisy[:, 1])
   np.testing.assert_array_equal(shared, np.broadcast_to(shared[:, :1], shared.shape))
   assert not np.allclose(shared[0, 0], shared[1, 0])
+  cell = avmnist_tasks.cell_of_token(7, 7, avmnist_tasks.layout('grid2')).argmax(0)
+  image = diag.synthetic_tokens(rng, 8, 2, 1.0, 1.0, embeddings, shared_image_noise=True)['image']
+  for c in range(4):  # a cell's tokens are equal (same digit, same noise); cells differ
+    tokens = image[:, cell == c]
+    np.testing.assert_array_equal(tokens, np.broadcast_to(tokens[:, :1], tokens.shape))
+  assert not np.allclose(image[:, cell == 0][:, 0], image[:, cell == 3][:, 0])
 
 
 def test_fusion_alone_fits_a_fixed_batch():
