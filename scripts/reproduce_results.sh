@@ -154,6 +154,7 @@ once bind_match_scratch python -m crossmodal.main --config=experiments/avmnist_g
 once bind_fo_synthetic python scripts/binding_diagnostics.py synthetic --noise=0.5 --steps=1000 --log_every=250 --out=runs/bind_diag/fusion_only/synthetic_0.5.jsonl
 once bind_fo_synthetic_r2 python scripts/binding_diagnostics.py synthetic --noise=1.13 --audio_noise=2.6 --steps=1500 --log_every=500 --out=runs/bind_diag/fusion_only/synthetic_real_r2.jsonl
 once bind_fo_synthetic_shared python scripts/binding_diagnostics.py synthetic --noise=1.13 --audio_noise=2.6 --shared_noise --steps=3000 --log_every=250 --out=runs/bind_diag/fusion_only/synthetic_real_r2_shared.jsonl
+once bind_fo_synthetic_shared_image python scripts/binding_diagnostics.py synthetic --noise=1.13 --audio_noise=2.6 --shared_image_noise --steps=2000 --log_every=250 --out=runs/bind_diag/fusion_only/synthetic_real_r2_shared_image.jsonl
 once bind_digit_towers_md python -m crossmodal.main --config=experiments/avmnist.py:fusion=crossattn,variant=clean,snr=clean,trunk=to_token_stage,steps=2000 --config.train.modality_dropout=0.5 --workdir=runs/bind_diag/digit_towers_md
 once bind_fo_towers_md python scripts/binding_diagnostics.py towers --towers=runs/bind_diag/digit_towers_md --steps=2500 --log_every=500 --out=runs/bind_diag/fusion_only/towers_md.jsonl
 once bind_fo_towers_md_pooled python scripts/binding_diagnostics.py towers --towers=runs/bind_diag/digit_towers_md --steps=3000 --log_every=500 --pool_tokens=image,audio --out=runs/bind_diag/fusion_only/towers_md_pooled.jsonl
