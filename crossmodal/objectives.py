@@ -16,6 +16,11 @@
                       gradient per negative shrinks as the batch grows.
   reconstruction      decode one modality's pooled vector into the other's input (the model's
                       decoder; mean squared error on pixels in [0, 1])
+  generation          write text from the tokens of one or more source modalities (the model's
+                      text decoder, models/text_decoder.py): teacher-forced cross-entropy of
+                      each target byte token, averaged over an example's tokens. The target is
+                      the batch's `text`, or with `class_texts` the text of the example's class
+                      (e.g. AV-MNIST's spoken digit as an English word)
 
 Negatives are the global batch. Under jit the batch is one global array, so XLA already
 compares every example with every other across devices and hosts. Under pmap each device
@@ -45,7 +50,8 @@ import optax
 
 from crossmodal import schema
 
-OBJECTIVES = ('classification', 'aux_classification', 'contrastive', 'reconstruction')
+OBJECTIVES = ('classification', 'aux_classification', 'contrastive', 'reconstruction',
+              'generation')
 CONTRASTIVE_LOSSES = ('infonce', 'sigmoid', 'triplet')
 DECODABLE = ('image',)  # modalities the reconstruction decoder can produce (an MLP to pixels)
 MAX_LOGIT_SCALE = 100.0  # CLIP clips the learned inverse temperature here
@@ -74,6 +80,13 @@ def objectives_config(**weights: float) -> ml_collections.ConfigDict:
           margin=0.2,  # triplet only
           same_class_positives=False),  # with labels: every same-class pair is a positive
       reconstruction=dict(weight=0.0, source='audio', target='image', hidden=(512,)),
+      generation=dict(
+          weight=0.0, sources=('image',),
+          class_texts=(),  # () : the target is the batch's text; else one text per class
+          max_len=40,  # target byte tokens with BOS/EOS (the decoder's positions)
+          # the decoder (models/text_decoder.py): layers of causal self-attention and then
+          # cross-attention to the sources' tokens, joined as attention.COMBINES says
+          layers=2, heads=4, mlp_ratio=4, dropout=0.0, combine='concat_proj'),
   ))
   unknown = sorted(set(weights) - set(OBJECTIVES))
   if unknown:
@@ -88,12 +101,36 @@ _RULES = {'weight': schema.at_least(0), 'temperature': schema.POSITIVE,
           'sigmoid_temperature': schema.POSITIVE,
           'margin': schema.at_least(0), 'hidden': schema.ints_at_least(1),
           'pair': ((lambda v: len(v) == 2 and len(set(v)) == 2),
-                   'must be two different modalities')}
+                   'must be two different modalities'),
+          'sources': ((lambda v: len(v) > 0 and len(set(v)) == len(v)),
+                      'must be one or more different modalities'),
+          'max_len': schema.int_at_least(3), 'layers': schema.int_at_least(1),
+          'heads': schema.int_at_least(1), 'mlp_ratio': schema.int_at_least(1),
+          'dropout': schema.FRACTION}
 
 
 def _distinct_ends(where: str, v: Mapping[str, Any]) -> str | None:
   if 'source' in v and v['source'] == v['target']:
     return f'{where}: source and target are both {v["source"]!r}; they must differ'
+  return None
+
+
+def _text_target(where: str, v: Mapping[str, Any]) -> str | None:
+  if 'sources' in v and 'text' in v['sources'] and not v['class_texts']:
+    return (f'{where}: the target is the batch text, which sources={tuple(v["sources"])} '
+            'would read; drop text from sources or set class_texts')
+  return None
+
+
+def _fits(where: str, v: Mapping[str, Any]) -> str | None:
+  """Every class text fits max_len whole (text.encode would cut it silently)."""
+  if 'class_texts' not in v:
+    return None
+  from crossmodal.models import text  # pylint: disable=import-outside-toplevel
+  long = [t for t in v['class_texts'] if len(t.encode('utf-8')) + 2 > v['max_len']]
+  if long:
+    return (f'{where}.class_texts: {long[:3]} do not fit max_len={v["max_len"]} with BOS '
+            'and EOS; raise max_len')
   return None
 
 
@@ -111,10 +148,12 @@ def check_config(cfg: Mapping[str, Any] | None, modalities: Sequence[str]) -> No
     active = schema.number(node.get('weight')) and node['weight'] > 0
     allowed = tuple(modalities) if active else tuple(encoders.ENCODERS)
     targets = tuple(m for m in allowed if m in DECODABLE) if active else allowed
+    from crossmodal.models import attention  # pylint: disable=import-outside-toplevel
     out += schema.problems(f'{WHERE}.{name}', node, defaults[name], required=True,
                            choices={'loss': CONTRASTIVE_LOSSES, 'pair': allowed,
-                                    'source': allowed, 'target': targets},
-                           rules=_RULES, relations=(_distinct_ends,))
+                                    'source': allowed, 'target': targets,
+                                    'sources': allowed, 'combine': attention.COMBINES},
+                           rules=_RULES, relations=(_distinct_ends, _text_target, _fits))
   weights_ = [node.get('weight') for node in values.values() if isinstance(node, Mapping)]
   if all(schema.number(w) for w in weights_) and not any(w > 0 for w in weights_):
     out.append(f'{WHERE}: every weight is 0, so nothing would be trained')
@@ -308,6 +347,28 @@ def _per_example(values: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, 
   return (values * w).sum(), w.sum()
 
 
+def generation_targets(generation_cfg: Mapping[str, Any], batch: Mapping[str, jax.Array]
+                       ) -> jax.Array | None:
+  """Target ids [B, L] (BOS ... EOS, PAD): the class texts indexed by `label`, or the
+  batch's `text`; None when the batch has no text to read."""
+  texts = tuple(generation_cfg['class_texts'])
+  if texts:
+    from crossmodal.models import text  # pylint: disable=import-outside-toplevel
+    table = jnp.asarray(text.encode(list(texts), int(generation_cfg['max_len'])))
+    return table[batch['label']]
+  return batch.get('text')
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example mean cross-entropy of `logits` [B, L, V] for `targets` [B, L] over the
+  targets that are not padding."""
+  from crossmodal.models import text  # pylint: disable=import-outside-toplevel
+  real = (targets != text.PAD_ID).astype(jnp.float32)
+  per_token = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                              targets)
+  return (per_token * real).sum(-1) / jnp.maximum(real.sum(-1), 1.0)
+
+
 def reconstruction_error(decoded: jax.Array, target: jax.Array) -> jax.Array:
   """Per-example mean squared error; `target` uint8 pixels are compared in [0, 1]."""
   target = target.astype(jnp.float32) / (255.0 if target.dtype == jnp.uint8 else 1.0)
@@ -360,6 +421,17 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
       r = cfg.reconstruction
       losses[name] = _per_example(reconstruction_error(out['reconstruction'], batch[r.target]),
                                   both(has(r.source) & has(r.target)))
+    elif name == 'generation':
+      g = cfg.generation
+      targets = generation_targets(g, batch)
+      if targets is None or 'generation_logits' not in out:
+        raise ValueError('the generation objective needs a target: the batch has no text; '
+                         'set config.objectives.generation.class_texts or use data with text')
+      rows = jnp.stack([has(m) for m in g.sources], 1).any(1)  # some source to read
+      if not g.class_texts:
+        rows = rows & has('text')
+      losses[name] = _per_example(token_cross_entropy(out['generation_logits'], targets[:, 1:]),
+                                  both(rows))
   return losses
 
 

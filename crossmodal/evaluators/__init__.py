@@ -9,6 +9,8 @@
   attention       pictures of an attention fusion's attention maps
   linear_probe    accuracy of a ridge or logistic classifier fitted on the train split's frozen
                   embeddings (a modality's pooled vector or the fused one)
+  generation      text decoded from another modality (greedy or beam search): exact match,
+                  character error rate, token F1, BLEU, a table and a picture of examples
   streams         where a missing modality breaks crossattn: its own stream's block vs its
                   keys in the other streams, and ridge probes of each stream without it
 
@@ -31,6 +33,7 @@ from crossmodal import schema
 from crossmodal.evaluators import attention
 from crossmodal.evaluators import classification
 from crossmodal.evaluators import common
+from crossmodal.evaluators import generation
 from crossmodal.evaluators import linear_probe
 from crossmodal.evaluators import reconstruction
 from crossmodal.evaluators import retrieval
@@ -48,6 +51,7 @@ REGISTRY: dict[str, type[common.Evaluator]] = {
     'attention': attention.Evaluator,
     'linear_probe': linear_probe.Evaluator,
     'streams': streams.Evaluator,
+    'generation': generation.Evaluator,
 }
 
 

@@ -4,7 +4,9 @@ An evaluator never sees the training loop. It is built from its options (the key
 arguments of its `__init__`, which are its schema) and from the model and objectives it checks
 itself against; `run(predict, batches, workdir)` then gets
   predict   a `Predict`: compiled forward passes of one trained state that return only what
-            the evaluator's `select(outputs)` picks (`over` a whole split, or one batch),
+            the evaluator's `select(outputs)` picks (`over` a whole split, or one batch; an
+            `apply(model, variables, batch, present)` replaces the model's own forward pass,
+            e.g. to decode text inside the same jit),
             plus on-device sums (`sums`) for evaluators that only count
   batches   a callable that opens one ordered pass over the evaluator's split, or over
             `batches(split)` another one (this process's share, the last batch padded and
@@ -141,15 +143,20 @@ class Engine:
     self._forward: dict[tuple, Callable] = {}
     self._sum: dict[Callable, Callable] = {}
 
-  def forward(self, select: Callable, keep: Sequence[str], attention: bool) -> Callable:
-    """jit(state, batch, present) -> {**select(outputs), 'label', 'mask', **batch[keep]}."""
-    key = (select, tuple(keep), attention)
+  def forward(self, select: Callable, keep: Sequence[str], attention: bool,
+              apply: Callable | None = None) -> Callable:
+    """jit(state, batch, present) -> {**select(outputs), 'label', 'mask', **batch[keep]};
+    outputs = apply(model, variables, batch, present) if given, else the model's."""
+    key = (select, tuple(keep), attention, apply)
     if key not in self._forward:
       model, variables = self.eval_model, self.variables
 
       def forward(state, batch, present):
-        out = model.apply(variables(state), batch, present=present, train=False,
-                          return_attention=attention)
+        if apply is not None:
+          out = apply(model, variables(state), batch, present)
+        else:
+          out = model.apply(variables(state), batch, present=present, train=False,
+                            return_attention=attention)
         return {**select(out), **{k: batch[k] for k in ('label', 'mask', *keep)}}
       s = self.jit
       self._forward[key] = jax.jit(  # the state in its own layout (replicated or fsdp)
@@ -189,10 +196,11 @@ class Predict:
 
   def __call__(self, select: Callable[[dict], dict], batch: Mapping[str, np.ndarray],
                present: np.ndarray | None = None, keep: Sequence[str] = (),
-               attention: bool = False) -> dict[str, np.ndarray]:
+               attention: bool = False, apply: Callable | None = None
+               ) -> dict[str, np.ndarray]:
     """select(outputs) of one host batch (with `mask`), as host arrays of the global batch."""
     engine = self._engine
-    forward = engine.forward(select, keep, attention)
+    forward = engine.forward(select, keep, attention, apply)
     size = len(batch['label'])
     if present is None:
       present = np.ones((size, len(engine.eval_model.modalities)), bool)
@@ -204,7 +212,7 @@ class Predict:
            keep: Sequence[str] = (), attention: bool = False,
            transform: Callable[[dict, int], dict] | None = None,
            present_fn: Callable[[int], np.ndarray] | None = None,
-           max_examples: int = 0) -> dict[str, np.ndarray]:
+           max_examples: int = 0, apply: Callable | None = None) -> dict[str, np.ndarray]:
     """`select(outputs)` of every real example of `batches`, with `label` and the batch keys
     in `keep`, concatenated in dataset order. transform(batch, batch_index) edits host
     batches (noise); present_fn(batch_size) gives the modality mask."""
@@ -218,7 +226,7 @@ class Predict:
         if transform is not None:
           batch = transform(batch, i)
         present = None if present_fn is None else present_fn(len(batch['label']))
-        got = self(select, batch, present, keep, attention)
+        got = self(select, batch, present, keep, attention, apply)
         mask = got.pop('mask').astype(bool)
         for key, value in got.items():
           collected.setdefault(key, []).append(value[mask])

@@ -19,6 +19,11 @@ Two switches for scale, both set model-wide (config.model.attention, config.mode
   ('dots_no_batch'). Same losses and gradients and more FLOPs (tested); the activation memory
   it saves depends on the compiler scheduling the recomputation late: XLA's CPU memory
   analysis shows almost none (docs/architecture.md, "Scale", with the command).
+
+Autoregressive text decoding (models/text_decoder.py) adds two self-attention switches:
+`causal` (a query sees only keys at its own position or before) and `decode` (one query per
+call; its key and value are written into the 'cache' collection at `decode_index`, and it
+attends to every cached position up to it), as in the Flax WMT example's decoder.
 """
 from __future__ import annotations
 
@@ -64,13 +69,18 @@ class MultiHeadAttention(nn.Module):
   output_projection: bool = True
   dropout: float = 0.0  # on the attention weights, only when train=True (einsum only)
   attention: str = 'einsum'  # ATTENTIONS
+  causal: bool = False  # query i sees keys j <= i (self-attention of a decoder)
+  # One query per call at `decode_index`; keys/values of the positions before it come from the
+  # 'cache' collection, made by an init call on full-length inputs (models/text_decoder.py).
+  decode: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, *,
                key_mask: jax.Array | None = None, query_mask: jax.Array | None = None,
-               train: bool = False, return_weights: bool = False
+               train: bool = False, return_weights: bool = False,
+               decode_index: jax.Array | None = None
                ) -> tuple[jax.Array, jax.Array | None]:
     if inputs_q.ndim != 3 or inputs_kv.ndim != 3 or inputs_q.shape[0] != inputs_kv.shape[0]:
       raise ValueError('MultiHeadAttention expects inputs_q [B, Nq, Dq] and inputs_kv '
@@ -95,17 +105,29 @@ class MultiHeadAttention(nn.Module):
     q = proj('query')(inputs_q) / jnp.asarray(math.sqrt(head_dim), self.dtype)
     k = proj('key')(inputs_kv)
     v = proj('value')(inputs_kv)
+    pair_mask = None  # [1, 1, Nq, Nk] when queries see different keys
+    if self.decode and self.has_variable('cache', 'cached_key'):
+      k, v, key_mask = self._cached(k, v, decode_index, key_mask)
+    elif self.causal or self.decode:  # training, or the init call that shapes the cache
+      if self.decode:
+        self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
+        self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
+      pair_mask = jnp.tril(jnp.ones((nq, nk), bool))[None, None]
     valid = key_mask[:, None, None, :] & query_mask[:, None, :, None]  # [B, 1, Nq, Nk]
+    if pair_mask is not None:
+      valid = valid & pair_mask
     weights = None
     if self.attention == 'dot_product' and not return_weights:
       # q is already scaled. Rows with no valid key come out as some average of the values;
       # they are zeroed below like the einsum path's.
-      out = jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None, None, :], scale=1.0)
+      mask = key_mask[:, None, None, :] if pair_mask is None else valid
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0)
     else:
       # Softmax in float32 whatever the compute dtype; masked logits get the most negative
       # finite value so a fully masked row is uniform (not NaN) before it is zeroed below.
       logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
-      logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+      logits = jnp.where(key_mask[:, None, None, :] if pair_mask is None else valid, logits,
+                         jnp.finfo(jnp.float32).min)
       weights = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)
       attn = weights
       if self.attention == 'einsum':
@@ -119,6 +141,21 @@ class MultiHeadAttention(nn.Module):
     row_valid = jnp.any(valid, axis=-1)[:, 0, :, None]  # [B, Nq, 1]
     out = jnp.where(row_valid, out, jnp.zeros((), out.dtype))
     return out, (weights if return_weights else None)
+
+  def _cached(self, k, v, index, key_mask):
+    """Writes this position's key/value into the cache; returns the cached keys, values and
+    the key mask of positions 0..index (the cache is [B, max_len, heads, head_dim])."""
+    if index is None or k.shape[1] != 1:
+      raise ValueError('MultiHeadAttention(decode=True) takes one query per call with its '
+                       f'decode_index; got {k.shape[1]} positions, decode_index={index}')
+    cached_k = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
+    start = (0, index, 0, 0)
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, start)
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, start)
+    b, length = cached_k.value.shape[:2]
+    seen = jnp.broadcast_to(jnp.arange(length)[None] <= index, (b, length))
+    return cached_k.value, cached_v.value, seen
 
 
 class TransformerLayer(nn.Module):
@@ -141,6 +178,9 @@ class TransformerLayer(nn.Module):
   combine: str = 'residual'
   shared_norm: bool = False
   attention: str = 'einsum'  # ATTENTIONS
+  # Self-attention only (contexts=None): MultiHeadAttention's causal and decode switches.
+  causal: bool = False
+  decode: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -150,7 +190,8 @@ class TransformerLayer(nn.Module):
   def __call__(self, x: jax.Array, contexts: Sequence[jax.Array] | None = None,
                mask: jax.Array | None = None,
                context_masks: Sequence[jax.Array | None] | None = None,
-               train: bool = False, return_weights: bool = False
+               train: bool = False, return_weights: bool = False,
+               decode_index: jax.Array | None = None
                ) -> tuple[jax.Array, list[jax.Array] | None]:
     if self.combine not in COMBINES:
       raise ValueError(f'TransformerLayer.combine={self.combine!r}; valid choices: {COMBINES}')
@@ -161,6 +202,9 @@ class TransformerLayer(nn.Module):
     y = norm_q(x)
     if contexts is None:
       kvs = [(y, mask)]
+    elif self.causal or self.decode:
+      raise ValueError('TransformerLayer: causal and decode apply to self-attention only '
+                       '(contexts=None)')
     else:
       context_masks = list(context_masks) if context_masks is not None else [None] * len(contexts)
       if len(context_masks) != len(contexts):
@@ -176,8 +220,10 @@ class TransformerLayer(nn.Module):
       h, w = MultiHeadAttention(self.num_heads, out_dim=d,
                                 output_projection=self.combine == 'residual',
                                 dropout=self.dropout, attention=self.attention,
+                                causal=self.causal, decode=self.decode,
                                 name=f'attention_{i}', **kw)(
-          y, kv, key_mask=kv_mask, query_mask=mask, train=train, return_weights=return_weights)
+          y, kv, key_mask=kv_mask, query_mask=mask, train=train, return_weights=return_weights,
+          decode_index=decode_index)
       hs.append(nn.Dropout(self.dropout, deterministic=not train)(h))
       weights.append(w)
     if self.combine == 'residual':
@@ -196,7 +242,7 @@ class TransformerLayer(nn.Module):
 def transformer_layer(remat: str = 'none', *, name: str, **fields: Any):
   """A TransformerLayer (fields as its dataclass), rematerialised per REMAT_POLICIES[remat];
   returns `call(x, contexts=None, *, mask=None, context_masks=None, train=False,
-  return_weights=False)`. Parameter paths are the same with and without remat. Call it inside
+  return_weights=False, decode_index=None)`. Parameter paths are the same with and without remat. Call it inside
   the parent's compact method, like a module."""
   if remat not in REMAT_POLICIES:
     raise ValueError(f'remat={remat!r}; valid choices: {tuple(REMAT_POLICIES)}')
@@ -206,6 +252,6 @@ def transformer_layer(remat: str = 'none', *, name: str, **fields: Any):
   layer = cls(name=name, **fields)
 
   def call(x, contexts=None, *, mask=None, context_masks=None, train=False,
-           return_weights=False):
-    return layer(x, contexts, mask, context_masks, train, return_weights)
+           return_weights=False, decode_index=None):
+    return layer(x, contexts, mask, context_masks, train, return_weights, decode_index)
   return call

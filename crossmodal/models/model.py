@@ -20,6 +20,7 @@ from crossmodal import schema
 from crossmodal.models import attention as attention_lib
 from crossmodal.models import encoders as encoders_lib
 from crossmodal.models import fusion as fusion_lib
+from crossmodal.models import text_decoder as text_decoder_lib
 
 # Compute dtypes (config.train.dtype); parameters and optimizer state stay float32.
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -51,7 +52,10 @@ class CrossModalModel(nn.Module):
   `pooled` asks for them: they stop at their token stage, so their modality is absent); `aux_logits` {modality: [B, C]} with `aux_heads`; `logit_scale`
   (the learned inverse temperature, clipped) with `logit_scale_init`; `logit_bias` (the
   sigmoid contrastive loss's learned bias) with `logit_bias_init`; `reconstruction`
-  [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths).
+  [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths);
+  with `text_decoder` (config.objectives.generation) `generation_context` (the sources'
+  tokens and masks the decoder reads, a missing modality's masked out) and, when the batch
+  holds the target, `generation_logits` [B, L-1, V] (teacher forcing).
 
   encoders: {modality: encoder config} (encoders.encoder_config); fusion: a fusion config
   (fusion.fusion_config); head: hidden widths of the fusion's MLP head; dropout: the head's
@@ -71,6 +75,7 @@ class CrossModalModel(nn.Module):
   logit_scale_init: float | None = None
   logit_bias_init: float | None = None  # the sigmoid contrastive loss's learned bias
   decoder: tuple[str, str, tuple[int, ...]] | None = None
+  text_decoder: Any = None  # config.objectives.generation (frozen)
   # Modalities whose encoder is locked (config.train.frozen): run in inference mode.
   frozen_encoders: tuple[str, ...] = ()
   # Every transformer stack's attention implementation and rematerialisation (attention.py).
@@ -81,11 +86,22 @@ class CrossModalModel(nn.Module):
   def encoder(self, modality: str) -> nn.Module:
     """The encoder of `modality`, built as __call__ builds it (tokens for attention fusions,
     pooled vectors for the others or when an objective reads them)."""
-    with_tokens = fusion_lib.uses_tokens(self.fusion.type)
+    fusion_tokens = fusion_lib.uses_tokens(self.fusion.type)
+    decoded_from = self.text_decoder.sources if self.text_decoder is not None else ()
     return encoders_lib.build_encoder(
         modality, self.encoders[modality], self.dim, dtype=self.dtype, axis_name=self.axis_name,
-        with_tokens=with_tokens, with_pooled=self.pooled or not with_tokens,
+        with_tokens=fusion_tokens or modality in decoded_from,
+        with_pooled=self.pooled or not fusion_tokens,
         attention=self.attention, remat=self.remat, name=f'{modality}_encoder')
+
+  @nn.nowrap
+  def text_decoder_module(self, decode: bool = False) -> text_decoder_lib.TextDecoder:
+    """The text decoder, built as __call__ builds it (`decode`: one position per call)."""
+    g = self.text_decoder
+    return text_decoder_lib.TextDecoder(
+        dim=self.dim, max_len=int(g.max_len), num_layers=int(g.layers), num_heads=int(g.heads),
+        mlp_ratio=int(g.mlp_ratio), dropout=float(g.dropout), combine=g.combine, decode=decode,
+        attention=self.attention, remat=self.remat, dtype=self.dtype, name='text_decoder')
 
   @nn.nowrap
   def trunks(self) -> dict[str, dict[str, Any]]:
@@ -148,6 +164,15 @@ class CrossModalModel(nn.Module):
     if self.logit_bias_init is not None:
       out['logit_bias'] = self.param('logit_bias', nn.initializers.constant(
           self.logit_bias_init), ())
+    if self.text_decoder is not None:
+      g = self.text_decoder
+      contexts = [encoded[m].tokens for m in g.sources]
+      masks = [encoded[m].mask & present[:, self.modalities.index(m), None] for m in g.sources]
+      out['generation_context'] = (contexts, masks)
+      targets = objectives_lib.generation_targets(g, batch)
+      if targets is not None:
+        out['generation_logits'] = self.text_decoder_module()(
+            targets[:, :-1], contexts, masks, train=train)
     if self.decoder is not None:
       source, target, hidden = self.decoder
       out['reconstruction'] = Decoder(tuple(batch[target].shape[1:]), hidden, dtype=self.dtype,
@@ -164,7 +189,7 @@ def _as_mapping(cfg: Any) -> Mapping[str, Any]:
 def objective_heads(objectives: Mapping[str, Any] | None,
                     modalities: Sequence[str]) -> dict[str, Any]:
   """The model fields `config.objectives` asks for (pooled, aux_heads, logit_scale_init,
-  logit_bias_init, decoder); ConfigError if an objective is invalid for the model's
+  logit_bias_init, decoder, text_decoder); ConfigError if an objective is invalid for the model's
   modalities. A learned temperature starts at objectives.initial_temperature (InfoNCE 0.07,
   sigmoid 0.1: SigLIP's log-temperature log 10); the sigmoid loss adds a learned bias
   starting at `sigmoid_bias` (SigLIP: -10), the other losses none."""
@@ -183,6 +208,8 @@ def objective_heads(objectives: Mapping[str, Any] | None,
   if 'reconstruction' in active:
     r = objectives.reconstruction
     fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden)))
+  if 'generation' in active:
+    fields['text_decoder'] = ml_collections.FrozenConfigDict(_as_mapping(objectives.generation))
   return fields
 
 

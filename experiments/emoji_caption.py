@@ -1,0 +1,53 @@
+r"""Emoji captioning: write an emoji's name from its picture, with a text decoder that
+cross-attends to the image encoder's tokens (crossmodal/models/text_decoder.py, the
+`generation` objective).
+
+  python -m crossmodal.main --config=experiments/emoji_caption.py --workdir=runs/emoji_caption
+
+Presets (after ':', comma-separated):
+  split=twitter_to_google | google_to_twitter   cross-style: every name is seen in training,
+                        drawn in the other style; the test asks whether the image side
+                        transfers to a new drawing (the default, twitter_to_google)
+        held_out_twitter | held_out_google      held-out concepts: the test names are new,
+                        made mostly of words seen in training names ("heart" and "red" but
+                        never "red heart"), so exact matches are rare and token F1 and the
+                        character error rate say how close the words come
+  image_size=32|64|16   (default 32)
+  steps=<n>             training steps (default 3000 at batch 64)
+  beam=<k>              beam width of the final test evaluation (default 4; 1 = greedy)
+The image encoder is experiments/emoji.py's small ResNet (32x32 -> 8x8 map: 64 tokens). The
+validation split is decoded greedily every 500 steps; the best checkpoint has the lowest
+validation character error rate; `test` decodes the test split with beam search.
+
+Expected results (test scores at the best validation checkpoint, seed 0; docs/results.md,
+"Generation"): see the 3-seed table there.
+"""
+import os
+
+import ml_collections
+
+from crossmodal import config_utils
+from crossmodal import evaluators as evaluators_lib
+from crossmodal import objectives
+
+_EMOJI = config_utils.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               'emoji.py'), '_emoji_caption_base')
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = config_utils.parse_arg(arg, split='twitter_to_google', image_size=32, steps=3000, beam=4)
+  if a.beam < 1:
+    raise config_utils.ConfigError(f'emoji_caption.py: beam={a.beam} must be >= 1')
+  config = _EMOJI.get_config(f'modalities=image,split={a.split},image_size={a.image_size},'
+                             f'steps={a.steps},text=name')
+  config.objectives = objectives.objectives_config(classification=0.0, generation=1.0)
+  config.objectives.generation.update(sources=('image',),
+                                      max_len=_EMOJI.TEXT_LENGTHS['name'])
+  config.train.checkpoint_every = 500
+  config.evaluators = ml_collections.ConfigDict({
+      'validation': evaluators_lib.evaluator_config('generation', split='validation',
+                                                    every=500, beam_size=1),
+      'test': evaluators_lib.evaluator_config('generation', beam_size=a.beam),
+  })
+  config.train.best_metric = 'validation/cer'
+  return config
