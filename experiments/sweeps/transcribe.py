@@ -1,0 +1,16 @@
+r"""AV-MNIST transcription (issue 24): the spoken digit's English word from the noisy audio
+alone, and from the audio with the image of the same digit; how much the image corrects.
+
+  python scripts/ablate.py --config=experiments/avmnist_transcribe.py \
+      --sweep=experiments/sweeps/transcribe.py --seeds=3 --root=runs/transcribe
+
+Table and reading: docs/results.md, "Generation"; records in docs/runs/transcribe.
+"""
+from crossmodal.ablate import Variant
+
+
+def get_sweep():
+  return [
+      Variant('audio', arg='sources=audio'),
+      Variant('audio+image', arg='sources=audio+image'),
+  ]
