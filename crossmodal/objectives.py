@@ -16,6 +16,12 @@
                       gradient per negative shrinks as the batch grows.
   reconstruction      decode one modality's pooled vector into the other's input (the model's
                       decoder; mean squared error on pixels in [0, 1])
+  adversarial         a conditional GAN on the reconstruction decoder (the generator: source
+                      embedding plus noise -> target image) and a projection discriminator
+                      with its own Adam (optim.with_discriminator); hinge or non-saturating
+                      loss. Each side gets only its own loss's gradient: the discriminator
+                      scores the generated image with its gradient stopped, and the generator
+                      is scored by a copy of the discriminator whose parameters are stopped
   generation          write text from the tokens of one or more source modalities (the model's
                       text decoder, models/text_decoder.py): teacher-forced cross-entropy of
                       each target byte token, averaged over an example's tokens. The target is
@@ -51,7 +57,8 @@ import optax
 from crossmodal import schema
 
 OBJECTIVES = ('classification', 'aux_classification', 'contrastive', 'reconstruction',
-              'generation')
+              'adversarial', 'generation')
+GAN_LOSSES = ('hinge', 'non_saturating')
 CONTRASTIVE_LOSSES = ('infonce', 'sigmoid', 'triplet')
 DECODABLE = ('image',)  # modalities the reconstruction decoder can produce (an MLP to pixels)
 MAX_LOGIT_SCALE = 100.0  # CLIP clips the learned inverse temperature here
@@ -80,6 +87,9 @@ def objectives_config(**weights: float) -> ml_collections.ConfigDict:
           margin=0.2,  # triplet only
           same_class_positives=False),  # with labels: every same-class pair is a positive
       reconstruction=dict(weight=0.0, source='audio', target='image', hidden=(512,)),
+      # the generator is reconstruction's decoder (its source, target, hidden) with noise
+      adversarial=dict(weight=0.0, loss='hinge', noise_dim=32, channels=(64, 128),
+                       lr=2e-4, b1=0.5, b2=0.999),  # the discriminator's Adam (DCGAN's)
       generation=dict(
           weight=0.0, sources=('image',),
           class_texts=(),  # () : the target is the batch's text; else one text per class
@@ -106,7 +116,9 @@ _RULES = {'weight': schema.at_least(0), 'temperature': schema.POSITIVE,
                       'must be one or more different modalities'),
           'max_len': schema.int_at_least(3), 'layers': schema.int_at_least(1),
           'heads': schema.int_at_least(1), 'mlp_ratio': schema.int_at_least(1),
-          'dropout': schema.FRACTION}
+          'dropout': schema.FRACTION, 'noise_dim': schema.int_at_least(0),
+          'channels': schema.ints_at_least(1), 'lr': schema.POSITIVE,
+          'b1': schema.FRACTION, 'b2': schema.FRACTION}
 
 
 def _distinct_ends(where: str, v: Mapping[str, Any]) -> str | None:
@@ -152,8 +164,19 @@ def check_config(cfg: Mapping[str, Any] | None, modalities: Sequence[str]) -> No
     out += schema.problems(f'{WHERE}.{name}', node, defaults[name], required=True,
                            choices={'loss': CONTRASTIVE_LOSSES, 'pair': allowed,
                                     'source': allowed, 'target': targets,
-                                    'sources': allowed, 'combine': attention.COMBINES},
+                                    'sources': allowed, 'combine': attention.COMBINES,
+                                    **({'loss': GAN_LOSSES} if name == 'adversarial' else {})},
                            rules=_RULES, relations=(_distinct_ends, _text_target, _fits))
+  adversarial, reconstruction = values.get('adversarial') or {}, values.get('reconstruction') or {}
+  if (schema.number(adversarial.get('weight')) and adversarial['weight'] > 0
+      and isinstance(reconstruction, Mapping)):
+    ends = [reconstruction.get('source'), reconstruction.get('target')]
+    wrong = [m for m in ends if m not in modalities]
+    if wrong or ends[1] not in DECODABLE:
+      out.append(f'{WHERE}.adversarial: its generator is the reconstruction decoder, from '
+                 f'{WHERE}.reconstruction.source={ends[0]!r} to target={ends[1]!r}; both must '
+                 f'be modalities of the model {tuple(modalities)} and the target one of '
+                 f'{DECODABLE}')
   weights_ = [node.get('weight') for node in values.values() if isinstance(node, Mapping)]
   if all(schema.number(w) for w in weights_) and not any(w > 0 for w in weights_):
     out.append(f'{WHERE}: every weight is 0, so nothing would be trained')
@@ -347,6 +370,21 @@ def _per_example(values: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, 
   return (values * w).sum(), w.sum()
 
 
+def adversarial_losses(real: jax.Array, fake: jax.Array, fake_for_generator: jax.Array,
+                       loss: str) -> tuple[jax.Array, jax.Array]:
+  """Per-example (discriminator loss, generator loss) from discriminator logits [B] of the
+  real images, of the generated ones (gradient stopped at the image) and of the generated
+  ones under the stopped discriminator. hinge (SNGAN, BigGAN): relu(1 - D(x)) + relu(1 +
+  D(G(z))) and -D(G(z)); non_saturating (Goodfellow et al.): softplus(-D(x)) +
+  softplus(D(G(z))) and softplus(-D(G(z)))."""
+  if loss == 'hinge':
+    return jax.nn.relu(1.0 - real) + jax.nn.relu(1.0 + fake), -fake_for_generator
+  if loss == 'non_saturating':
+    return (jax.nn.softplus(-real) + jax.nn.softplus(fake),
+            jax.nn.softplus(-fake_for_generator))
+  raise ValueError(f'adversarial loss {loss!r}; valid choices: {GAN_LOSSES}')
+
+
 def generation_targets(generation_cfg: Mapping[str, Any], batch: Mapping[str, jax.Array]
                        ) -> jax.Array | None:
   """Target ids [B, L] (BOS ... EOS, PAD): the class texts indexed by `label`, or the
@@ -421,6 +459,11 @@ def compute(cfg: Mapping[str, Any] | None, out: Mapping[str, Any],
       r = cfg.reconstruction
       losses[name] = _per_example(reconstruction_error(out['reconstruction'], batch[r.target]),
                                   both(has(r.source) & has(r.target)))
+    elif name == 'adversarial':
+      r, d = cfg.reconstruction, out['discriminator']
+      d_loss, g_loss = adversarial_losses(d['real'], d['fake'], d['fake_for_generator'],
+                                          cfg.adversarial.loss)
+      losses[name] = _per_example(d_loss + g_loss, both(has(r.source) & has(r.target)))
     elif name == 'generation':
       g = cfg.generation
       targets = generation_targets(g, batch)

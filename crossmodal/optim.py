@@ -139,3 +139,22 @@ def current_lr(optim_config: Any, num_steps: int, step: Any) -> Any:
   """Learning rate in effect at micro-batch `step` (for logging)."""
   accum = int(optim_config.accum_steps)
   return make_schedule(optim_config, max(1, num_steps // accum))(step // accum)
+
+
+DISCRIMINATOR_SUFFIX = '_discriminator'  # top-level parameter subtrees of a GAN discriminator
+
+
+def with_discriminator(tx: optax.GradientTransformation, adversarial_config: Any
+                       ) -> optax.GradientTransformation:
+  """`tx` for the model and its own Adam (`config.objectives.adversarial`: lr, b1, b2, at a
+  constant rate, as DCGAN) for the discriminator's parameters, as one transformation whose
+  state holds both optimizers' states (so the train state and checkpoints hold both)."""
+  a = adversarial_config
+  labels = lambda params: {
+      name: jax.tree.map(lambda _, d=name.endswith(DISCRIMINATOR_SUFFIX):
+                         'discriminator' if d else 'model', sub)
+      for name, sub in params.items()}
+  return optax.multi_transform(
+      {'model': tx, 'discriminator': optax.adam(float(a.lr), b1=float(a.b1), b2=float(a.b2))},
+      labels)
+

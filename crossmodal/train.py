@@ -157,6 +157,9 @@ def make_train_step(model, tx: optax.GradientTransformation, axis_name: str | No
         aux['temperature'] = 1.0 / out['logit_scale']
       if 'logit_bias' in out:  # the sigmoid contrastive loss
         aux['logit_bias'] = out['logit_bias']
+      if 'discriminator' in out:  # how often it tells real (logit > 0) from generated
+        d = out['discriminator']
+        aux['discriminator_accuracy'] = 0.5 * ((d['real'] > 0).mean() + (d['fake'] < 0).mean())
       return objectives_lib.total(objectives, means), (updates.get('batch_stats', {}), aux)
 
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -226,6 +229,12 @@ def check_config(config: Any) -> list[tuple[str, Any, int]]:
       raise
     raise config_utils.ConfigError(str(e)) from e
   transfer.check_config(config.get('init_from', {}), config.train.frozen)
+  if ('adversarial' in objectives_lib.active(config.get('objectives'))
+      and config.optim.accum_steps > 1):
+    raise config_utils.ConfigError(
+        f'config.optim.accum_steps={config.optim.accum_steps}: the adversarial objective '
+        'updates its discriminator every step, so gradient accumulation would train the two '
+        'players on different batches; use accum_steps=1 with a larger batch')
   built = evaluators_lib.build_all(config.get('evaluators'), model, config.get('objectives'),
                                    config.data)
   if config.train.best_metric:
@@ -268,6 +277,8 @@ class _Run:
     self.model = build_model(config, self.num_classes, self.strategy.axis_name)
     self.frozen, self.frozen_labels = tuple(config.train.frozen), None
     self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    if 'adversarial' in objectives_lib.active(config.get('objectives')):
+      self.tx = optim.with_discriminator(self.tx, config.objectives.adversarial)
     if self.frozen:  # locked parameters; locked encoders run in inference mode (transfer.py)
       abstract = self.initial_state(abstract=True, tx=optax.identity())
       params = abstract.params

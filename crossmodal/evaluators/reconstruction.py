@@ -1,30 +1,70 @@
 """Reconstruction: images decoded from the source modality (the reconstruction objective's
-decoder), as a PNG grid with one row per class, and how often a decoded image is nearest to
-its own class's mean image (beside the same score for the real images)."""
+decoder, also the adversarial objective's generator), as a PNG grid with one row per class;
+how often a decoded image is nearest to its own class's mean image; and, given an
+independently trained image classifier (`classifier`: its run's workdir), how often it reads
+the decoded image as the example's class, and how varied the decoded images of a class are
+(`diversity`: the mean RMS pixel distance between two images of one class, averaged over the
+classes). Every score is reported for the real images too (`real/...`): what a perfect
+decoder would get.
+"""
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
 
+from crossmodal import transfer
 from crossmodal.evaluators import common
+
+DIVERSITY_PER_CLASS = 200  # images per class compared pairwise (200*199/2 pairs)
+
+
+def diversity(images: np.ndarray, labels: np.ndarray, per_class: int = DIVERSITY_PER_CLASS,
+              ) -> float:
+  """Mean over classes of the mean RMS pixel distance between two different images of the
+  class (the first `per_class` of each): 0 when a decoder draws one image per class."""
+  flat = images.reshape(len(images), -1).astype(np.float64)
+  means = []
+  for c in np.unique(labels):
+    x = flat[labels == c][:per_class]
+    if len(x) < 2:
+      continue
+    sq = (x ** 2).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0) / x.shape[1]
+    means.append(np.sqrt(d2)[np.triu_indices(len(x), 1)].mean())
+  return float(np.mean(means))
 
 
 class Evaluator(common.Evaluator):
-  """Options: split; per_class (decoded examples per row of the picture)."""
-  HEADLINES = (r'^(mse|nearest_class_mean_accuracy)$',)
+  """Options: split; per_class (decoded examples per row of the picture); classifier (the
+  workdir of an image-only run on the target images, read at its best checkpoint; '' = no
+  classifier scores)."""
+  HEADLINES = (r'^(mse|nearest_class_mean_accuracy|classifier_accuracy|diversity)$',)
 
   def __init__(self, model, objectives=None, data=None, *, split: str = 'test',
-               per_class: int = 8):
+               per_class: int = 8, classifier: str = ''):
     super().__init__(model, objectives, data, split=split)
-    self.per_class = per_class
+    self.per_class, self.classifier = per_class, classifier
     if model.decoder is None:
-      self.fail('the model has no decoder; set config.objectives.reconstruction.weight > 0')
+      self.fail('the model has no decoder; set config.objectives.reconstruction.weight > 0 '
+                '(or adversarial.weight > 0)')
     if per_class < 1:
       self.fail(f'{per_class} must be >= 1', 'per_class')
+    if classifier and not os.path.exists(os.path.join(classifier, 'config.json')):
+      self.fail(f'{classifier!r} holds no run (no config.json); train an image classifier '
+                'there first, e.g. python -m crossmodal.main --config=experiments/avmnist.py:'
+                f'modalities=image,variant=clean --workdir={classifier}', 'classifier')
 
   def metrics(self) -> dict[str, str]:
-    return {'mse': common.MIN, 'nearest_class_mean_accuracy': common.MAX}
+    scores = {'mse': common.MIN, 'nearest_class_mean_accuracy': common.MAX,
+              'diversity': common.MAX}
+    if self.classifier:
+      scores['classifier_accuracy'] = common.MAX
+    return scores
 
   def run(self, predict, batches, workdir: str) -> dict[str, Any]:
     source, target, _ = self.model.decoder
@@ -37,13 +77,42 @@ class Evaluator(common.Evaluator):
     nearest_mean = lambda x: classes[np.argmin(
         ((x[:, None, :] - means.reshape(len(classes), -1)[None]) ** 2).sum(-1), axis=1)]
     path = self._picture(got['decoded'], labels, classes, means, source, target, workdir)
-    return {'num_examples': int(len(labels)),
-            'mse': float(np.mean((flat - targets.reshape(len(labels), -1)) ** 2)),
-            'nearest_class_mean_accuracy': float(np.mean(nearest_mean(flat) == labels)),
-            # The same score for the real target images: what a perfect decoder would get.
-            'real/nearest_class_mean_accuracy': float(np.mean(
-                nearest_mean(targets.reshape(len(labels), -1)) == labels)),
-            'picture': path}
+    result = {'num_examples': int(len(labels)),
+              'mse': float(np.mean((flat - targets.reshape(len(labels), -1)) ** 2)),
+              'nearest_class_mean_accuracy': float(np.mean(nearest_mean(flat) == labels)),
+              # The same score for the real target images: what a perfect decoder would get.
+              'real/nearest_class_mean_accuracy': float(np.mean(
+                  nearest_mean(targets.reshape(len(labels), -1)) == labels)),
+              'diversity': diversity(got['decoded'], labels),
+              'real/diversity': diversity(targets, labels),
+              'picture': path}
+    if self.classifier:
+      classify = self._load_classifier(target)
+      as_stored = np.round(got['decoded'] * 255.0).astype(np.uint8)  # as real images are
+      result['classifier_accuracy'] = float(np.mean(classify(as_stored) == labels))
+      result['real/classifier_accuracy'] = float(np.mean(classify(got[target]) == labels))
+    return result
+
+  def _load_classifier(self, target: str):
+    """predict(images uint8 [N, ...]) -> classes, from the classifier run's best checkpoint."""
+    from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(self.classifier, 'config.json'), encoding='utf-8') as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    model = model_lib.build_model(config.model, self.model.num_classes)
+    if tuple(model.modalities) != (target,):
+      self.fail(f'{self.classifier!r} is a model of {tuple(model.modalities)}; the classifier '
+                f'must read the {target} alone', 'classifier')
+    params, batch_stats, _ = transfer.restore(self.classifier, 'best',
+                                              where='config.evaluators.reconstruction.classifier')
+    variables = {'params': {k: params[k] for k in (f'{target}_encoder', 'fusion')}}
+    if batch_stats:
+      variables['batch_stats'] = batch_stats
+    logits = jax.jit(lambda v, x: model.apply(v, {target: x}, train=False)['logits'])
+
+    def predict(images):
+      return np.concatenate([np.argmax(np.asarray(logits(variables, images[i:i + 512])), -1)
+                             for i in range(0, len(images), 512)])
+    return predict
 
   def _picture(self, decoded, labels, classes, means, source: str, target: str,
                workdir: str) -> str:

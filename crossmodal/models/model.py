@@ -42,6 +42,25 @@ class Decoder(nn.Module):
     return nn.sigmoid(x.astype(jnp.float32)).reshape((x.shape[0],) + self.shape)
 
 
+class Discriminator(nn.Module):
+  """(image in [0, 1] [B, H, W, C], condition [B, D]) -> logit [B]: strided convolutions
+  with leaky ReLU, summed over positions, then a linear term plus the projection of the
+  condition (Miyato and Koyama 2018, as SNGAN's conditional discriminator)."""
+  channels: tuple[int, ...] = (64, 128)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, image: jax.Array, condition: jax.Array) -> jax.Array:
+    x = image.astype(self.dtype) * 2.0 - 1.0
+    for i, width in enumerate(self.channels):
+      x = nn.leaky_relu(nn.Conv(width, (4, 4), strides=2, dtype=self.dtype,
+                                name=f'conv_{i}')(x), 0.2)
+    h = x.sum(axis=(1, 2))
+    logit = nn.Dense(1, dtype=self.dtype, name='linear')(h)[:, 0]
+    projection = nn.Dense(h.shape[-1], dtype=self.dtype, name='condition')(condition)
+    return (logit + (projection * h).sum(-1)).astype(jnp.float32)
+
+
 class CrossModalModel(nn.Module):
   """Encoders -> fusion (which owns the classifier head), plus the heads that objectives other
   than classification need. Parameters stay float32; `dtype` is the compute dtype; outputs are
@@ -52,7 +71,10 @@ class CrossModalModel(nn.Module):
   `pooled` asks for them: they stop at their token stage, so their modality is absent); `aux_logits` {modality: [B, C]} with `aux_heads`; `logit_scale`
   (the learned inverse temperature, clipped) with `logit_scale_init`; `logit_bias` (the
   sigmoid contrastive loss's learned bias) with `logit_bias_init`; `reconstruction`
-  [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths);
+  [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths); with
+  `adversarial` = (noise width, discriminator channels) the decoder also reads noise (drawn
+  from the 'dropout' stream in training, a fixed draw per batch row otherwise) and
+  `discriminator` holds the logits {real, fake, fake_for_generator} [B] (objectives.py);
   with `text_decoder` (config.objectives.generation) `generation_context` (the sources'
   tokens and masks the decoder reads, a missing modality's masked out) and, when the batch
   holds the target, `generation_logits` [B, L-1, V] (teacher forcing).
@@ -76,6 +98,7 @@ class CrossModalModel(nn.Module):
   logit_bias_init: float | None = None  # the sigmoid contrastive loss's learned bias
   decoder: tuple[str, str, tuple[int, ...]] | None = None
   text_decoder: Any = None  # config.objectives.generation (frozen)
+  adversarial: tuple[int, tuple[int, ...]] | None = None
   # Modalities whose encoder is locked (config.train.frozen): run in inference mode.
   frozen_encoders: tuple[str, ...] = ()
   # Every transformer stack's attention implementation and rematerialisation (attention.py).
@@ -175,9 +198,33 @@ class CrossModalModel(nn.Module):
             targets[:, :-1], contexts, masks, train=train)
     if self.decoder is not None:
       source, target, hidden = self.decoder
+      condition = encoded[source].pooled
+      inputs = condition
+      if self.adversarial is not None:
+        noise_key = (self.make_rng('dropout') if train and self.has_rng('dropout')
+                     else jax.random.key(0))
+        noise = jax.random.normal(noise_key, (size, self.adversarial[0]), condition.dtype)
+        inputs = jnp.concatenate([condition, noise], axis=-1)
       out['reconstruction'] = Decoder(tuple(batch[target].shape[1:]), hidden, dtype=self.dtype,
-                                      name=f'{target}_decoder')(encoded[source].pooled)
+                                      name=f'{target}_decoder')(inputs)
+      if self.adversarial is not None:
+        out['discriminator'] = self._discriminate(batch[target], out['reconstruction'],
+                                                  condition, f'{target}_discriminator')
     return out
+
+  def _discriminate(self, real, fake, condition, name: str) -> dict[str, jax.Array]:
+    """The discriminator's logits; only its own loss reaches its parameters (the generated
+    image's gradient is stopped), and only the generator's loss reaches the generator (it is
+    scored by a copy of the discriminator with stopped parameters)."""
+    real = real.astype(jnp.float32) / (255.0 if real.dtype == jnp.uint8 else 1.0)
+    condition = jax.lax.stop_gradient(condition)
+    fake = fake.reshape(real.shape)
+    make = lambda **kw: Discriminator(self.adversarial[1], dtype=self.dtype, **kw)
+    disc = make(name=name)
+    logits = {'real': disc(real, condition), 'fake': disc(jax.lax.stop_gradient(fake), condition)}
+    stopped = jax.lax.stop_gradient(disc.variables['params'])
+    logits['fake_for_generator'] = make(parent=None).apply({'params': stopped}, fake, condition)
+    return logits
 
 
 def _as_mapping(cfg: Any) -> Mapping[str, Any]:
@@ -189,7 +236,7 @@ def _as_mapping(cfg: Any) -> Mapping[str, Any]:
 def objective_heads(objectives: Mapping[str, Any] | None,
                     modalities: Sequence[str]) -> dict[str, Any]:
   """The model fields `config.objectives` asks for (pooled, aux_heads, logit_scale_init,
-  logit_bias_init, decoder, text_decoder); ConfigError if an objective is invalid for the model's
+  logit_bias_init, decoder, adversarial, text_decoder); ConfigError if an objective is invalid for the model's
   modalities. A learned temperature starts at objectives.initial_temperature (InfoNCE 0.07,
   sigmoid 0.1: SigLIP's log-temperature log 10); the sigmoid loss adds a learned bias
   starting at `sigmoid_bias` (SigLIP: -10), the other losses none."""
@@ -208,6 +255,10 @@ def objective_heads(objectives: Mapping[str, Any] | None,
   if 'reconstruction' in active:
     r = objectives.reconstruction
     fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden)))
+  if 'adversarial' in active:
+    r, a = objectives.reconstruction, objectives.adversarial
+    fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden)),
+                  adversarial=(int(a.noise_dim), tuple(a.channels)))
   if 'generation' in active:
     fields['text_decoder'] = ml_collections.FrozenConfigDict(_as_mapping(objectives.generation))
   return fields
