@@ -8,10 +8,11 @@ Presets (after ':', comma-separated):
   split=twitter_to_google | google_to_twitter   cross-style: every name is seen in training,
                         drawn in the other style; the test asks whether the image side
                         transfers to a new drawing (the default, twitter_to_google)
-        held_out_twitter | held_out_google      held-out concepts: the test names are new,
-                        made mostly of words seen in training names ("heart" and "red" but
-                        never "red heart"), so exact matches are rare and token F1 and the
-                        character error rate say how close the words come
+        held_out_twitter | held_out_google      held-out concepts: the test names are new
+                        (1 of 378 occurs in training on held_out_twitter), 68% of their words
+                        occur in training names and 37% of the names have every word seen
+                        (scripts/caption_overlap.py), so exact matches are rare and token F1
+                        and the character error rate say how close the words come
   image_size=32|64|16   (default 32)
   steps=<n>             training steps (default 3000 at batch 64)
   beam=<k>              beam width of the final test evaluation (default 4; 1 = greedy)

@@ -19,7 +19,7 @@ from crossmodal.evaluators import generation
 from crossmodal.models import model as model_lib
 from crossmodal.models import text as text_lib
 from crossmodal.models import text_decoder
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.usefixtures('fast_prng')  # tests/conftest.py
 
@@ -192,6 +192,16 @@ def test_text_scores():
   assert generation.shown('a\nb|\x1b') == 'a\\nb|\\x1b'
   with pytest.raises(ValueError, match='need equal, non-zero counts'):
     generation.scores(['a'], [])
+
+
+def test_caption_overlap_by_hand():
+  overlap = config_utils.load_module(os.path.join(REPO, 'scripts', 'caption_overlap.py'),
+                                     '_caption_overlap').overlap
+  got = overlap(['red heart', 'blue car', 'red car'], ['red car', 'blue heart', 'green heart'])
+  assert got['test_captions'] == 3
+  assert got['names_seen_in_train'] == pytest.approx(1 / 3)
+  assert got['words_seen_in_train'] == pytest.approx(5 / 6)
+  assert got['captions_with_every_word_seen'] == pytest.approx(2 / 3)
 
 
 @pytest.mark.slow
