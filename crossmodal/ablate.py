@@ -402,8 +402,9 @@ def _evaluator_types(runs: Sequence[Run]) -> dict[str, str]:
 def _classification_evaluators(workdir: str) -> list[str]:
   """Names of the run's classification evaluators (results.csv has columns of their own)."""
   config = _recorded_config(workdir)
-  names = [n for n, t in _types(config).items() if t == 'classification']
-  return names or list(_LEGACY_CLASSIFICATION)  # older records (or none) named them by split
+  if not config.get('evaluators'):  # older records (or none) named them by split
+    return list(_LEGACY_CLASSIFICATION)
+  return [n for n, t in _types(config).items() if t == 'classification']
 
 
 def export_records(runs: Sequence[Run], root: str, dest: str) -> int:
