@@ -68,6 +68,17 @@ run python -m crossmodal.main --config=experiments/avmnist_retrieval.py:loss=tri
 run python -m crossmodal.main --config=experiments/avmnist_reconstruction.py --workdir=runs/reconstruction
 run python -m crossmodal.main --config=experiments/avmnist_reconstruction.py:snr=clean --workdir=runs/reconstruction_clean
 
+# --- generation: transcription, captions, the conditional GAN ---------------------------------
+sweep --config=experiments/avmnist_transcribe.py --sweep=experiments/sweeps/transcribe.py --seeds=3 --root=runs/transcribe
+run python scripts/ablate.py --config=experiments/avmnist_transcribe.py --sweep=experiments/sweeps/transcribe.py --seeds=3 --root=runs/transcribe --metrics='exact_match$,cer$'
+run python scripts/caption_overlap.py --split=held_out_twitter
+run python scripts/caption_overlap.py --split=twitter_to_google
+sweep --config=experiments/emoji_caption.py --sweep=experiments/sweeps/emoji_caption.py --seeds=3 --root=runs/emoji_caption
+run python scripts/ablate.py --config=experiments/emoji_caption.py --sweep=experiments/sweeps/emoji_caption.py --seeds=3 --root=runs/emoji_caption --metrics='^test/(exact_match|cer|token_f1|bleu)$'
+run python -m crossmodal.main --config=experiments/avmnist.py:modalities=image,variant=clean --workdir=runs/mnist_classifier
+sweep --config=experiments/avmnist_gan.py:classifier=runs/mnist_classifier --sweep=experiments/sweeps/gan.py --seeds=3 --root=runs/gan
+run python scripts/ablate.py --config=experiments/avmnist_gan.py:classifier=runs/mnist_classifier --sweep=experiments/sweeps/gan.py --seeds=3 --root=runs/gan --metrics='reconstruction/(classifier_accuracy|diversity|mse|nearest_class_mean_accuracy)$'
+
 # --- robustness (evaluations of the fusion sweep's seed-0 checkpoints) -----------------------
 for f in late concat crossattn bottleneck; do
   once "robustness_$f" python -m crossmodal.main --config=experiments/avmnist.py:fusion=$f,evals=robustness \
