@@ -138,7 +138,6 @@ def _fits(where: str, v: Mapping[str, Any]) -> str | None:
   """Every class text fits max_len whole (text.encode would cut it silently)."""
   if 'class_texts' not in v:
     return None
-  from crossmodal.models import text  # pylint: disable=import-outside-toplevel
   long = [t for t in v['class_texts'] if len(t.encode('utf-8')) + 2 > v['max_len']]
   if long:
     return (f'{where}.class_texts: {long[:3]} do not fit max_len={v["max_len"]} with BOS '
@@ -151,6 +150,7 @@ def check_config(cfg: Mapping[str, Any] | None, modalities: Sequence[str]) -> No
   for a model of `modalities`: an active objective (weight > 0) may only name those."""
   if cfg is None:
     return
+  from crossmodal.models import attention  # pylint: disable=import-outside-toplevel
   from crossmodal.models import encoders  # pylint: disable=import-outside-toplevel
   values, defaults = schema.as_dict(cfg), objectives_config().to_dict()
   out = schema.problems(WHERE, values, defaults, required=True)
@@ -160,7 +160,6 @@ def check_config(cfg: Mapping[str, Any] | None, modalities: Sequence[str]) -> No
     active = schema.number(node.get('weight')) and node['weight'] > 0
     allowed = tuple(modalities) if active else tuple(encoders.ENCODERS)
     targets = tuple(m for m in allowed if m in DECODABLE) if active else allowed
-    from crossmodal.models import attention  # pylint: disable=import-outside-toplevel
     out += schema.problems(f'{WHERE}.{name}', node, defaults[name], required=True,
                            choices={'loss': CONTRASTIVE_LOSSES, 'pair': allowed,
                                     'source': allowed, 'target': targets,

@@ -235,11 +235,40 @@ def check_config(config: Any) -> list[tuple[str, Any, int]]:
         f'config.optim.accum_steps={config.optim.accum_steps}: the adversarial objective '
         'updates its discriminator every step, so gradient accumulation would train the two '
         'players on different batches; use accum_steps=1 with a larger batch')
+  _check_generation(config, available)
   built = evaluators_lib.build_all(config.get('evaluators'), model, config.get('objectives'),
                                    config.data)
   if config.train.best_metric:
     evaluators_lib.best_metric(config.train.best_metric, built)
   return built
+
+
+def _check_generation(config: Any, available: Any) -> None:
+  """The text decoder fits the model and the data: its heads divide the width, and a target
+  read from the batch's text exists and is as long as the decoder's positions."""
+  if 'generation' not in objectives_lib.active(config.get('objectives')):
+    return
+  g, where = config.objectives.generation, 'config.objectives.generation'
+  if config.model.dim % g.heads:
+    raise config_utils.ConfigError(f'{where}.heads={g.heads} does not divide '
+                                   f'config.model.dim={config.model.dim}')
+  if g.class_texts:
+    return
+  if 'text' not in available:
+    raise config_utils.ConfigError(
+        f'{where}: the target is the batch text, but dataset {config.data.name!r} has none '
+        f'(it has {list(available)}); set {where}.class_texts to one text per class')
+  datasets, _ = _data()
+  length = None  # the token length of the batch's text
+  if config.data.name in ('emoji', 'manifest'):
+    length = datasets.option(config.data, 'text_length')
+  elif config.data.name == 'synthetic' and config.data.get('synthetic'):
+    length = config.data.synthetic.get('text_length')
+  if length and length != g.max_len:
+    raise config_utils.ConfigError(
+        f'{where}.max_len={g.max_len} differs from config.data.text_length={length}: the '
+        'decoder would be trained on fewer positions than it decodes, or could not read the '
+        'whole target; make them equal')
 
 
 def _check_unlabelled(config: Any) -> None:

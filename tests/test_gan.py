@@ -99,7 +99,7 @@ def test_diversity_by_hand():
   assert reconstruction.diversity(images[2:5], labels[2:5]) == 0.0
 
 
-def test_adversarial_config_errors():
+def test_adversarial_config_errors(tmp_path):
   error = lambda match: pytest.raises(config_utils.ConfigError, match=match)
   obj = objectives.objectives_config(adversarial=1.0)
   obj.adversarial.loss = 'wasserstein'
@@ -116,6 +116,10 @@ def test_adversarial_config_errors():
   config.evaluators.reconstruction = evaluators.evaluator_config(
       'reconstruction', classifier='/nonexistent/run')
   with error(r"reconstruction.classifier: '/nonexistent/run' holds no run \(no config.json\)"):
+    train.check_config(config)
+  config.evaluators.reconstruction.classifier = str(tmp_path)
+  config_utils.write_config(tiny_config(), str(tmp_path))  # an image+audio run
+  with error(r"is a model of \('image', 'audio'\); the classifier must read the image alone"):
     train.check_config(config)
 
 

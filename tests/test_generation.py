@@ -51,14 +51,15 @@ def test_causal_decoder_ignores_later_tokens():
   contexts = [jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)]
   masks = [jnp.ones((2, 5), bool)]
   ids = jnp.asarray(rng.integers(3, 259, (2, 9)), jnp.int32)
-  changed = ids.at[:, 5:].set(jnp.asarray(rng.integers(3, 259, (2, 4)), jnp.int32))
+  ids = ids.at[1, 7:].set(text_lib.PAD_ID)  # a padded target, as real ones are
+  changed = ids.at[:, 5:7].set(jnp.asarray(rng.integers(3, 259, (2, 2)), jnp.int32))
   make = lambda attention: text_decoder.TextDecoder(dim=16, max_len=9, attention=attention)
   params = make('einsum').init(jax.random.key(0), ids, contexts, masks)
   logits = {a: make(a).apply(params, ids, contexts, masks) for a in ('einsum', 'dot_product')}
   np.testing.assert_allclose(logits['einsum'], logits['dot_product'], atol=1e-5)
   after = make('einsum').apply(params, changed, contexts, masks)
   np.testing.assert_allclose(after[:, :5], logits['einsum'][:, :5], atol=1e-6)
-  assert np.abs(after[:, 5:] - logits['einsum'][:, 5:]).max() > 1e-3
+  assert np.abs(after[:, 5:7] - logits['einsum'][:, 5:7]).max() > 1e-3
 
 
 @pytest.mark.parametrize('beam_size', [1, 3])
@@ -74,9 +75,11 @@ def test_cached_and_uncached_decoding_agree(beam_size):
   np.testing.assert_array_equal(cached['generated'], uncached['generated'])
   np.testing.assert_allclose(cached['score'], uncached['score'], rtol=1e-5)
   assert cached['generated'].shape == (4, 8) and np.all(cached['generated'][:, 0] == 1)
-  # Untrained, the decoder emits bytes: never PAD or BOS after the start.
-  emitted = np.asarray(cached['generated'])[:, 1:]
-  assert not np.any(emitted == text_lib.BOS_ID)
+  # Untrained, the decoder emits bytes: never BOS after the start, and PAD only after EOS.
+  for row in np.asarray(cached['generated']):
+    end = list(row).index(text_lib.EOS_ID) + 1 if text_lib.EOS_ID in row else len(row)
+    assert not np.isin(row[1:end], text_decoder.NEVER_EMITTED).any()
+    assert np.all(row[end:] == text_lib.PAD_ID)
 
 
 def test_beam_width_one_is_greedy_on_the_model():
@@ -165,6 +168,18 @@ def test_generation_config_errors():
   obj.generation.update(class_texts=(), combine='sum')
   with error(r"generation.combine='sum': valid choices"):
     objectives.check_config(obj, ('image', 'text'))
+  config = tiny_config('size=tiny,modalities=image+text')
+  config.objectives = objectives.objectives_config(generation=1.0)
+  config.objectives.generation.update(sources=('image',), max_len=40)
+  with error(r'generation.max_len=40 differs from config.data.text_length=32'):
+    train.check_config(config)
+  config.objectives.generation.update(max_len=32, heads=3)
+  with error(r'generation.heads=3 does not divide config.model.dim'):
+    train.check_config(config)
+  config = tiny_config()  # image and audio: no text to read
+  config.objectives = objectives.objectives_config(generation=1.0)
+  with error(r"the target is the batch text, but dataset 'synthetic' has none"):
+    train.check_config(config)
   model, _ = _model()
   plain = model_lib.build_model(model_lib.default_model_config(), 10)
   with error('no text decoder'):
@@ -189,6 +204,9 @@ def test_text_scores():
   assert s['token_f1'] == pytest.approx(2 / 3)
   assert generation.scores(['a cat sat on the mat'], ['a cat sat on the mat'])['bleu'] == (
       pytest.approx(100.0))
+  # One-word references have no 4-grams: effective order still scores them.
+  assert generation.scores(WORDS[:3], WORDS[:3])['bleu'] == pytest.approx(100.0)
+  assert generation.scores(['zero', 'one', 'one'], WORDS[:3])['bleu'] == pytest.approx(200 / 3)
   assert generation.shown('a\nb|\x1b') == 'a\\nb|\\x1b'
   with pytest.raises(ValueError, match='need equal, non-zero counts'):
     generation.scores(['a'], [])

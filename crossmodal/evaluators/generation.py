@@ -2,9 +2,11 @@
 against the reference, with greedy or beam search inside jit (models/text_decoder.py).
 
 Scores: the teacher-forced loss (the generation objective's mean token cross-entropy); exact
-match; character error rate (Levenshtein edits over reference characters,
-summed over the split); token F1 (SQuAD's bag-of-words F1 over whitespace tokens, averaged
-over examples); corpus BLEU (sacrebleu's defaults: 4-grams, 13a tokenisation). A table of
+match; character error rate (Levenshtein edits over reference characters, summed over the
+split); token F1 (the bag-of-words F1 over whitespace tokens, as SQuAD's but without its
+normalisation, averaged over examples); corpus BLEU (sacrebleu: 4-grams, 13a tokenisation,
+with effective order, so that one-word references, which have no 4-grams, still score: a
+perfect transcription of single words is 100, not 0). A table of
 examples (`generation_<split>.md`) and a picture of sources with their reference and
 generated text go to `<workdir>/eval/`.
 """
@@ -27,6 +29,9 @@ from crossmodal.models import text as text_lib
 from crossmodal.models import text_decoder as text_decoder_lib
 
 
+_BLEU = sacrebleu.BLEU(effective_order=True)
+
+
 def edit_distance(a: str, b: str) -> int:
   """Levenshtein distance (insertions, deletions, substitutions of characters)."""
   row = list(range(len(b) + 1))
@@ -44,7 +49,7 @@ def shown(text: str) -> str:
 
 
 def token_f1(prediction: str, reference: str) -> float:
-  """SQuAD's F1 of the whitespace tokens (a bag: repeated tokens count as often as shared)."""
+  """F1 of the whitespace tokens (a bag: repeated tokens count as often as shared)."""
   pred, ref = prediction.split(), reference.split()
   if not pred or not ref:
     return float(pred == ref)
@@ -65,7 +70,7 @@ def scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, f
       'exact_match': float(np.mean([p == r for p, r in zip(predictions, references)])),
       'cer': edits / max(sum(len(r) for r in references), 1),
       'token_f1': float(np.mean([token_f1(p, r) for p, r in zip(predictions, references)])),
-      'bleu': float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score),
+      'bleu': float(_BLEU.corpus_score(list(predictions), [list(references)]).score),
   }
 
 

@@ -4,8 +4,9 @@ how often a decoded image is nearest to its own class's mean image; and, given a
 independently trained image classifier (`classifier`: its run's workdir), how often it reads
 the decoded image as the example's class, and how varied the decoded images of a class are
 (`diversity`: the mean RMS pixel distance between two images of one class, averaged over the
-classes). Every score is reported for the real images too (`real/...`): what a perfect
-decoder would get.
+classes; it mixes what comes from the sources with what comes from a generator's noise).
+Every score is reported for the real images too (`real/...`): what a perfect decoder would
+get.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def diversity(images: np.ndarray, labels: np.ndarray, per_class: int = DIVERSITY
     sq = (x ** 2).sum(1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0) / x.shape[1]
     means.append(np.sqrt(d2)[np.triu_indices(len(x), 1)].mean())
-  return float(np.mean(means))
+  return float(np.mean(means)) if means else 0.0
 
 
 class Evaluator(common.Evaluator):
@@ -54,10 +55,9 @@ class Evaluator(common.Evaluator):
                 '(or adversarial.weight > 0)')
     if per_class < 1:
       self.fail(f'{per_class} must be >= 1', 'per_class')
-    if classifier and not os.path.exists(os.path.join(classifier, 'config.json')):
-      self.fail(f'{classifier!r} holds no run (no config.json); train an image classifier '
-                'there first, e.g. python -m crossmodal.main --config=experiments/avmnist.py:'
-                f'modalities=image,variant=clean --workdir={classifier}', 'classifier')
+    self._classify = None  # built on first use: restoring a checkpoint is not a check
+    if classifier:
+      self._classifier_model = self._check_classifier(model.decoder[1])
 
   def metrics(self) -> dict[str, str]:
     scores = {'mse': common.MIN, 'nearest_class_mean_accuracy': common.MAX,
@@ -93,15 +93,28 @@ class Evaluator(common.Evaluator):
       result['real/classifier_accuracy'] = float(np.mean(classify(got[target]) == labels))
     return result
 
-  def _load_classifier(self, target: str):
-    """predict(images uint8 [N, ...]) -> classes, from the classifier run's best checkpoint."""
+  def _check_classifier(self, target: str):
+    """The classifier run's model, read from its config.json before any training."""
     from crossmodal.models import model as model_lib  # pylint: disable=g-import-not-at-top
-    with open(os.path.join(self.classifier, 'config.json'), encoding='utf-8') as f:
+    path = os.path.join(self.classifier, 'config.json')
+    if not os.path.exists(path):
+      self.fail(f'{self.classifier!r} holds no run (no config.json); train an image classifier '
+                'there first, e.g. python -m crossmodal.main --config=experiments/avmnist.py:'
+                f'modalities=image,variant=clean --workdir={self.classifier}', 'classifier')
+    with open(path, encoding='utf-8') as f:
       config = ml_collections.ConfigDict(json.load(f))
     model = model_lib.build_model(config.model, self.model.num_classes)
     if tuple(model.modalities) != (target,):
       self.fail(f'{self.classifier!r} is a model of {tuple(model.modalities)}; the classifier '
                 f'must read the {target} alone', 'classifier')
+    return model
+
+  def _load_classifier(self, target: str):
+    """predict(images uint8 [N, ...]) -> classes, from the classifier run's best checkpoint
+    (restored and compiled once per evaluator)."""
+    if self._classify is not None:
+      return self._classify
+    model = self._classifier_model
     params, batch_stats, _ = transfer.restore(self.classifier, 'best',
                                               where='config.evaluators.reconstruction.classifier')
     variables = {'params': {k: params[k] for k in (f'{target}_encoder', 'fusion')}}
@@ -112,6 +125,7 @@ class Evaluator(common.Evaluator):
     def predict(images):
       return np.concatenate([np.argmax(np.asarray(logits(variables, images[i:i + 512])), -1)
                              for i in range(0, len(images), 512)])
+    self._classify = predict
     return predict
 
   def _picture(self, decoded, labels, classes, means, source: str, target: str,

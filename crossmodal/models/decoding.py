@@ -125,8 +125,10 @@ def beam_search(step: Step, cache: Any, batch_size: int, beam_size: int, max_len
     fin_scores, i = jax.lax.top_k(jnp.concatenate([fin_scores, scores], axis=1), k)
     fin = jnp.concatenate([fin, cand], axis=1)[rows, i]
     live_lp, i = jax.lax.top_k(jnp.where(eos | last, NEG_INF, top_lp), k)
-    parent_rows = (rows * k + parent[rows, i]).reshape(-1)
-    cache = jax.tree.map(lambda x: x[parent_rows], cache)
+    parents = parent[rows, i]  # [B, K]: each new beam's parent among its example's beams
+    # Gathered within each example, so a cache sharded over examples stays where it is.
+    cache = jax.tree.map(lambda x: jax.vmap(lambda xb, p: xb[p])(
+        x.reshape((b, k) + x.shape[1:]), parents).reshape(x.shape), cache)
     return t + 1, cand[rows, i], live_lp, cache, fin, fin_scores
 
   seqs = _start(b * k, max_len, bos_id, pad_id).reshape(b, k, max_len)
