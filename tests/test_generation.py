@@ -203,10 +203,10 @@ def test_text_scores():
   assert s['cer'] == pytest.approx(generation.edit_distance('one', 'nine') / 18)
   assert s['token_f1'] == pytest.approx(2 / 3)
   assert generation.scores(['a cat sat on the mat'], ['a cat sat on the mat'])['bleu'] == (
-      pytest.approx(100.0))
+      pytest.approx(1.0))
   # One-word references have no 4-grams: effective order still scores them.
-  assert generation.scores(WORDS[:3], WORDS[:3])['bleu'] == pytest.approx(100.0)
-  assert generation.scores(['zero', 'one', 'one'], WORDS[:3])['bleu'] == pytest.approx(200 / 3)
+  assert generation.scores(WORDS[:3], WORDS[:3])['bleu'] == pytest.approx(1.0)
+  assert generation.scores(['zero', 'one', 'one'], WORDS[:3])['bleu'] == pytest.approx(2 / 3)
   assert generation.shown('a\nb|\x1b') == 'a\\nb|\\x1b'
   with pytest.raises(ValueError, match='need equal, non-zero counts'):
     generation.scores(['a'], [])
@@ -237,7 +237,7 @@ def test_generation_evaluator_end_to_end(tmp_path):
   for name, size in (('generation', 40), ('beam', 16)):
     r = final[name]
     assert r['num_examples'] == size
-    assert 0 <= r['exact_match'] <= 1 and r['cer'] >= 0 and 0 <= r['bleu'] <= 100
+    assert 0 <= r['exact_match'] <= 1 and r['cer'] >= 0 and 0 <= r['bleu'] <= 1
   with open(final['generation']['table'], encoding='utf-8') as f:
     table = f.read()
   assert table.count('\n') == 2 + 4 and os.path.exists(final['generation']['picture'])

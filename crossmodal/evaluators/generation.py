@@ -6,7 +6,8 @@ match; character error rate (Levenshtein edits over reference characters, summed
 split); token F1 (the bag-of-words F1 over whitespace tokens, as SQuAD's but without its
 normalisation, averaged over examples); corpus BLEU (sacrebleu: 4-grams, 13a tokenisation,
 with effective order, so that one-word references, which have no 4-grams, still score: a
-perfect transcription of single words is 100, not 0). A table of
+perfect transcription of single words is 1, not 0). Every score is a fraction in [0, 1]
+(BLEU is sacrebleu's score / 100), so tables show them all as percentages. A table of
 examples (`generation_<split>.md`) and a picture of sources with their reference and
 generated text go to `<workdir>/eval/`.
 """
@@ -61,7 +62,7 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-  """exact_match, cer, token_f1 and bleu (0-100) of paired strings."""
+  """exact_match, cer, token_f1 and bleu (in [0, 1]) of paired strings."""
   if len(predictions) != len(references) or not references:
     raise ValueError(f'scores: {len(predictions)} predictions for {len(references)} '
                      'references; need equal, non-zero counts')
@@ -70,7 +71,7 @@ def scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, f
       'exact_match': float(np.mean([p == r for p, r in zip(predictions, references)])),
       'cer': edits / max(sum(len(r) for r in references), 1),
       'token_f1': float(np.mean([token_f1(p, r) for p, r in zip(predictions, references)])),
-      'bleu': float(_BLEU.corpus_score(list(predictions), [list(references)]).score),
+      'bleu': float(_BLEU.corpus_score(list(predictions), [list(references)]).score) / 100,
   }
 
 
