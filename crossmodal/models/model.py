@@ -60,7 +60,7 @@ class Discriminator(nn.Module):
     for i, width in enumerate(self.channels):
       x = normalised(nn.Conv(width, (4, 4), strides=2, dtype=self.dtype, name=f'conv_{i}'))(x)
       x = nn.leaky_relu(x, 0.2)
-    h = x.mean(axis=(1, 2))
+    h = x.sum(axis=(1, 2))
     logit = normalised(nn.Dense(1, dtype=self.dtype, name='linear'))(h)[:, 0]
     projection = normalised(nn.Dense(h.shape[-1], dtype=self.dtype, name='condition'))(
         condition)
