@@ -17,7 +17,9 @@ best checkpoint is the one with the highest validation exact match; `test` decod
 split with beam search, and with both sources `test_audio_only` hides the image.
 
 Expected results (test exact match at the best validation checkpoint, seed 0, 2000 steps,
-about 12 min on a 2-core CPU; docs/results.md, "Generation"): see the 3-seed table there.
+6-9 min on a 2-core CPU; docs/results.md, "Generation"): sources=audio 65.47%;
+sources=audio+image 90.37%, and 47.82% with the image hidden (test_audio_only); with
+--config.train.modality_dropout=0.3 91.08% and 60.55%.
 """
 import os
 

@@ -76,8 +76,12 @@ run python scripts/caption_overlap.py --split=twitter_to_google
 sweep --config=experiments/emoji_caption.py --sweep=experiments/sweeps/emoji_caption.py --seeds=3 --root=runs/emoji_caption
 run python scripts/ablate.py --config=experiments/emoji_caption.py --sweep=experiments/sweeps/emoji_caption.py --seeds=3 --root=runs/emoji_caption --metrics='^test/(exact_match|cer|token_f1|bleu)$'
 run python -m crossmodal.main --config=experiments/avmnist.py:modalities=image,variant=clean --workdir=runs/mnist_classifier
-sweep --config=experiments/avmnist_gan.py:classifier=runs/mnist_classifier --sweep=experiments/sweeps/gan.py --seeds=3 --root=runs/gan
-run python scripts/ablate.py --config=experiments/avmnist_gan.py:classifier=runs/mnist_classifier --sweep=experiments/sweeps/gan.py --seeds=3 --root=runs/gan --metrics='reconstruction/(classifier_accuracy|diversity|mse|nearest_class_mean_accuracy)$'
+run python -m crossmodal.main --config=experiments/avmnist_gan.py:classifier=runs/mnist_classifier,mse=1.0 --workdir=runs/gan_trials/mse --config.objectives.adversarial.weight=0.0
+run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=400,classifier=runs/mnist_classifier --workdir=runs/gan_trials/hinge_model_optimizer --config.train.log_every=50
+DCGAN_OPTIMIZER=(--config.train.log_every=100 --config.optim.lr=2e-4 --config.optim.b1=0.5 --config.optim.weight_decay=0.0)
+run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier --workdir=runs/gan_trials/hinge_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
+run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier,mse=1.0,loss=hinge --workdir=runs/gan_trials/hinge_plus_mse_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
+run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier,loss=non_saturating --workdir=runs/gan_trials/non_saturating_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
 
 # --- robustness (evaluations of the fusion sweep's seed-0 checkpoints) -----------------------
 for f in late concat crossattn bottleneck; do

@@ -8,7 +8,9 @@ trained independently on clean MNIST (the second command, run first):
   python -m crossmodal.main --config=experiments/avmnist.py:modalities=image,variant=clean \
       --workdir=runs/mnist_classifier
 
-Table, pictures and reading: docs/results.md, "Generation"; records in docs/runs/gan.
+Not run yet: every GAN trial so far collapsed (docs/results.md, "Generation", with the
+single-run trials, their commands and records in docs/runs/gan_trials); this sweep is the
+3-seed comparison once a GAN recipe draws digits.
 """
 from crossmodal.ablate import Variant
 
