@@ -60,7 +60,8 @@ OBJECTIVES = ('classification', 'aux_classification', 'contrastive', 'reconstruc
               'adversarial', 'generation')
 GAN_LOSSES = ('hinge', 'non_saturating')
 CONTRASTIVE_LOSSES = ('infonce', 'sigmoid', 'triplet')
-DECODABLE = ('image',)  # modalities the reconstruction decoder can produce (an MLP to pixels)
+DECODABLE = ('image',)  # modalities the reconstruction decoder can produce (pixels)
+DECODERS = ('mlp', 'conv')
 MAX_LOGIT_SCALE = 100.0  # CLIP clips the learned inverse temperature here
 _NEG = -1e9  # logit of a padded key
 SIGMOID_KEY_CHUNK = 1024  # keys the sigmoid loss scores per step: a [queries, chunk] block
@@ -86,7 +87,10 @@ def objectives_config(**weights: float) -> ml_collections.ConfigDict:
           sigmoid_bias=-10.0,
           margin=0.2,  # triplet only
           same_class_positives=False),  # with labels: every same-class pair is a positive
-      reconstruction=dict(weight=0.0, source='audio', target='image', hidden=(512,)),
+      reconstruction=dict(weight=0.0, source='audio', target='image', hidden=(512,),
+                          # 'mlp': ReLU layers of `hidden` widths; 'conv': DCGAN's generator
+                          # (transposed convolutions, BatchNorm), hidden[0] channels
+                          decoder='mlp'),
       # the generator is reconstruction's decoder (its source, target, hidden) with noise
       adversarial=dict(weight=0.0, loss='hinge', noise_dim=32, channels=(64, 128),
                        lr=2e-4, b1=0.5, b2=0.999),  # the discriminator's Adam (DCGAN's)
@@ -164,6 +168,7 @@ def check_config(cfg: Mapping[str, Any] | None, modalities: Sequence[str]) -> No
                            choices={'loss': CONTRASTIVE_LOSSES, 'pair': allowed,
                                     'source': allowed, 'target': targets,
                                     'sources': allowed, 'combine': attention.COMBINES,
+                                    'decoder': DECODERS,
                                     **({'loss': GAN_LOSSES} if name == 'adversarial' else {})},
                            rules=_RULES, relations=(_distinct_ends, _text_target, _fits))
   adversarial, reconstruction = values.get('adversarial') or {}, values.get('reconstruction') or {}

@@ -10,7 +10,8 @@ targets, the recipe's -11 dB audio, the fused classifier trained beside it, and 
 generator (the reconstruction decoder, a 512-unit MLP, here also reading `noise_dim` noise
 values), so the two compare the loss alone.
 
-Presets: loss=hinge|non_saturating (default hinge); mse=<weight> of the reconstruction loss
+Presets: loss=hinge|non_saturating (default hinge); decoder=mlp|conv (the generator: the
+reconstruction MLP, or DCGAN's transposed convolutions with BatchNorm); mse=<weight> of the reconstruction loss
 added to the adversarial one (default 0: a pure GAN); classifier=<workdir of an image-only
 run on clean MNIST> adds the reconstruction evaluator's classifier_accuracy (does the picture
 show the spoken digit?), e.g. from
@@ -38,7 +39,7 @@ _RECONSTRUCTION = config_utils.load_module(
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = config_utils.parse_arg(arg, loss='hinge', mse=0.0, classifier='',
+  a = config_utils.parse_arg(arg, loss='hinge', mse=0.0, classifier='', decoder='mlp',
                              snr=_RECONSTRUCTION._AVMNIST.SNR_DB, subset=0, steps=2000)
   if a.loss not in objectives.GAN_LOSSES:
     raise config_utils.ConfigError(f'avmnist_gan.py: loss={a.loss!r}; valid choices: '
@@ -48,5 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = _RECONSTRUCTION.get_config(
       f'weight={a.mse},snr={a.snr},subset={a.subset},steps={a.steps}')
   config.objectives.adversarial.update(weight=1.0, loss=a.loss)
+  config.objectives.reconstruction.decoder = a.decoder
+  if a.decoder == 'conv':  # DCGAN's generator: 64 channels at 14x14, 128 at 7x7
+    config.objectives.reconstruction.hidden = (64,)
   config.evaluators.reconstruction.classifier = a.classifier
   return config

@@ -176,3 +176,25 @@ def test_gan_killed_and_resumed_is_bitwise_and_scored_by_a_classifier(tmp_path):
   for key in ('classifier_accuracy', 'real/classifier_accuracy'):
     assert 0.0 <= result[key] <= 1.0
   assert result['diversity'] > 0 and result['real/diversity'] > 0
+
+
+def test_conv_decoder_draws_the_target_shape_and_keeps_batch_statistics():
+  """DCGAN's generator as the reconstruction decoder: [B, 28, 28, 1] in [0, 1], its BatchNorm
+  statistics move in training only; a side not divisible by 4 is refused by name."""
+  obj = objectives.objectives_config(classification=1.0, adversarial=1.0)
+  obj.reconstruction.update(decoder='conv', hidden=(16,))
+  model = model_lib.build_model(model_lib.default_model_config(dim=32), 10, objectives=obj)
+  _, _, batch, _ = _gan()
+  variables = model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, batch)
+  assert 'norm_0' in variables['batch_stats']['image_decoder']
+  out, updates = model.apply(variables, batch, train=True, rngs={'dropout': jax.random.key(2)},
+                             mutable=['batch_stats'])
+  images = np.asarray(out['reconstruction'])
+  assert images.shape == (4, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                       updates['batch_stats']['image_decoder'],
+                       variables['batch_stats']['image_decoder'])
+  assert all(jax.tree.leaves(moved))
+  bad = {**batch, 'image': np.zeros((4, 30, 30, 1), np.uint8)}
+  with pytest.raises(ValueError, match='needs sides divisible by 4'):
+    model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, bad)

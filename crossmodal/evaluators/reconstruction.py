@@ -67,7 +67,7 @@ class Evaluator(common.Evaluator):
     return scores
 
   def run(self, predict, batches, workdir: str) -> dict[str, Any]:
-    source, target, _ = self.model.decoder
+    source, target = self.model.decoder[:2]
     got = predict.over(_select_decoded, batches(), keep=(target,))
     targets = got[target].astype(np.float32) / 255.0  # the real images, for the class means
     labels = got['label']

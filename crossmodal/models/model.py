@@ -42,6 +42,31 @@ class Decoder(nn.Module):
     return nn.sigmoid(x.astype(jnp.float32)).reshape((x.shape[0],) + self.shape)
 
 
+class ConvDecoder(nn.Module):
+  """Pooled vector -> an image in [0, 1] as DCGAN's generator: a dense layer to an
+  (H/4)x(W/4) map of 2*width channels, then two stride-2 transposed convolutions (width, then
+  the image's channels), BatchNorm and ReLU between."""
+  shape: tuple[int, ...]
+  width: int = 64
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    h, w, c = self.shape
+    if h % 4 or w % 4:
+      raise ValueError(f'ConvDecoder: the target is {h}x{w}; the conv decoder needs sides '
+                       "divisible by 4 (use config.objectives.reconstruction.decoder='mlp')")
+    norm = lambda name: nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name,
+                                     dtype=self.dtype, name=name)
+    x = nn.Dense((h // 4) * (w // 4) * 2 * self.width, dtype=self.dtype, name='project')(x)
+    x = nn.relu(norm('norm_0')(x)).reshape(x.shape[0], h // 4, w // 4, 2 * self.width)
+    x = nn.ConvTranspose(self.width, (4, 4), strides=(2, 2), dtype=self.dtype, name='up_0')(x)
+    x = nn.relu(norm('norm_1')(x))
+    x = nn.ConvTranspose(c, (4, 4), strides=(2, 2), dtype=self.dtype, name='up_1')(x)
+    return nn.sigmoid(x.astype(jnp.float32))
+
+
 class Discriminator(nn.Module):
   """(image in [0, 1] [B, H, W, C], condition [B, D]) -> logit [B]: strided convolutions
   with leaky ReLU, summed over positions, then a linear term plus the projection of the
@@ -77,7 +102,8 @@ class CrossModalModel(nn.Module):
   `pooled` asks for them: they stop at their token stage, so their modality is absent); `aux_logits` {modality: [B, C]} with `aux_heads`; `logit_scale`
   (the learned inverse temperature, clipped) with `logit_scale_init`; `logit_bias` (the
   sigmoid contrastive loss's learned bias) with `logit_bias_init`; `reconstruction`
-  [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths); with
+  [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths, 'mlp' or
+  'conv'); with
   `adversarial` = (noise width, discriminator channels) the decoder also reads noise (drawn
   from the 'dropout' stream in training, a fixed draw per batch row otherwise) and
   `discriminator` holds the logits {real, fake, fake_for_generator} [B] (objectives.py);
@@ -102,7 +128,7 @@ class CrossModalModel(nn.Module):
   aux_heads: bool = False
   logit_scale_init: float | None = None
   logit_bias_init: float | None = None  # the sigmoid contrastive loss's learned bias
-  decoder: tuple[str, str, tuple[int, ...]] | None = None
+  decoder: tuple[str, str, tuple[int, ...], str] | None = None
   text_decoder: Any = None  # config.objectives.generation (frozen)
   adversarial: tuple[int, tuple[int, ...]] | None = None
   # Modalities whose encoder is locked (config.train.frozen): run in inference mode.
@@ -203,7 +229,7 @@ class CrossModalModel(nn.Module):
         out['generation_logits'] = self.text_decoder_module()(
             targets[:, :-1], contexts, masks, train=train)
     if self.decoder is not None:
-      source, target, hidden = self.decoder
+      source, target, hidden, kind = self.decoder
       condition = encoded[source].pooled
       inputs = condition
       if self.adversarial is not None:
@@ -211,8 +237,14 @@ class CrossModalModel(nn.Module):
                      else jax.random.key(0))
         noise = jax.random.normal(noise_key, (size, self.adversarial[0]), condition.dtype)
         inputs = jnp.concatenate([condition, noise], axis=-1)
-      out['reconstruction'] = Decoder(tuple(batch[target].shape[1:]), hidden, dtype=self.dtype,
-                                      name=f'{target}_decoder')(inputs)
+      shape = tuple(batch[target].shape[1:])
+      if kind == 'conv':
+        out['reconstruction'] = ConvDecoder(shape, hidden[0], dtype=self.dtype,
+                                            axis_name=self.axis_name,
+                                            name=f'{target}_decoder')(inputs, train)
+      else:
+        out['reconstruction'] = Decoder(shape, hidden, dtype=self.dtype,
+                                        name=f'{target}_decoder')(inputs)
       if self.adversarial is not None:
         out['discriminator'] = self._discriminate(batch[target], out['reconstruction'],
                                                   condition, f'{target}_discriminator', train)
@@ -262,10 +294,10 @@ def objective_heads(objectives: Mapping[str, Any] | None,
         fields['logit_bias_init'] = float(c.sigmoid_bias)
   if 'reconstruction' in active:
     r = objectives.reconstruction
-    fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden)))
+    fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden), r.decoder))
   if 'adversarial' in active:
     r, a = objectives.reconstruction, objectives.adversarial
-    fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden)),
+    fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden), r.decoder),
                   adversarial=(int(a.noise_dim), tuple(a.channels)))
   if 'generation' in active:
     fields['text_decoder'] = ml_collections.FrozenConfigDict(_as_mapping(objectives.generation))
