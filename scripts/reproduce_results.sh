@@ -82,6 +82,7 @@ DCGAN_OPTIMIZER=(--config.train.log_every=100 --config.optim.lr=2e-4 --config.op
 run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier --workdir=runs/gan_trials/hinge_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
 run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier,mse=1.0,loss=hinge --workdir=runs/gan_trials/hinge_plus_mse_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
 run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier,loss=non_saturating --workdir=runs/gan_trials/non_saturating_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
+run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier,decoder=conv --workdir=runs/gan_trials/conv_hinge_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
 
 # --- robustness (evaluations of the fusion sweep's seed-0 checkpoints) -----------------------
 for f in late concat crossattn bottleneck; do
