@@ -16,10 +16,10 @@ vector as one more token (trunk=full). Validation is decoded greedily every 500 
 best checkpoint is the one with the highest validation exact match; `test` decodes the test
 split with beam search, and with both sources `test_audio_only` hides the image.
 
-Expected results (test exact match at the best validation checkpoint, seed 0, 2000 steps,
-6-9 min on a 2-core CPU; docs/results.md, "Generation"): sources=audio 65.47%;
-sources=audio+image 90.37%, and 47.82% with the image hidden (test_audio_only); with
---config.train.modality_dropout=0.3 91.08% and 60.55%.
+Expected results (test exact match at the best validation checkpoint, seeds 0-2, 2000 steps,
+6-9 min per run on a 2-core CPU; docs/results.md, "Generation"): sources=audio 65.74 ± 0.91%;
+sources=audio+image 90.58 ± 0.27%, and 48.57 ± 0.69% with the image hidden (test_audio_only);
+with --config.train.modality_dropout=0.3 91.04 ± 0.17% and 60.39 ± 0.42%.
 """
 import os
 

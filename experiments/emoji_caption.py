@@ -23,10 +23,10 @@ The image encoder is experiments/emoji.py's small ResNet (32x32 -> 8x8 map: 64 t
 validation split is decoded greedily every 250 steps; the best checkpoint has the lowest
 validation character error rate; `test` decodes the test split with beam search.
 
-Expected results (test scores at the best validation checkpoint, seed 0, about 9 min on a
-2-core CPU; docs/results.md, "Generation"): captions do not work yet. twitter_to_google:
-exact match 0.07% (1 of 1533), character error rate 86.8%; held_out_twitter: exact match 0%,
-CER 84.6%, token F1 9.6% (the category words: "flag", "face").
+Expected results (test scores at the best validation checkpoint, seeds 0-2, 6-9 min per run
+on a 2-core CPU; docs/results.md, "Generation"): captions do not work yet. twitter_to_google:
+exact match 0.02 ± 0.04%, character error rate 85.6 ± 1.7%; held_out_twitter: exact match 0%,
+CER 82.7 ± 1.7%, token F1 9.7 ± 0.6% (words a subcategory shares, such as "flag").
 """
 import os
 

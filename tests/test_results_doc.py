@@ -62,6 +62,8 @@ EVALUATOR_TABLES = [
     ('avmnist_pretrain', 'experiments/avmnist_retrieval.py',
      ('probe_.*/accuracy$', 'class/recall@1$')),
     ('avmnist_transfer', 'experiments/avmnist.py', ('probe_.*/accuracy$',)),
+    ('transcribe', 'experiments/avmnist_transcribe.py', ('exact_match$', 'cer$')),
+    ('emoji_caption', 'experiments/emoji_caption.py', ('^test/(exact_match|cer|token_f1|bleu)$',)),
 ]
 
 
