@@ -411,9 +411,14 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return (per_token * real).sum(-1) / jnp.maximum(real.sum(-1), 1.0)
 
 
+def unit_pixels(images: jax.Array) -> jax.Array:
+  """Images as float32 in [0, 1] (uint8 pixels divided by 255), as decoders draw them."""
+  return images.astype(jnp.float32) / (255.0 if images.dtype == jnp.uint8 else 1.0)
+
+
 def reconstruction_error(decoded: jax.Array, target: jax.Array) -> jax.Array:
   """Per-example mean squared error; `target` uint8 pixels are compared in [0, 1]."""
-  target = target.astype(jnp.float32) / (255.0 if target.dtype == jnp.uint8 else 1.0)
+  target = unit_pixels(target)
   diff = decoded.astype(jnp.float32) - target.reshape(decoded.shape)
   return jnp.mean(diff.reshape(diff.shape[0], -1) ** 2, axis=-1)
 

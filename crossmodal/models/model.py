@@ -255,7 +255,7 @@ class CrossModalModel(nn.Module):
     """The discriminator's logits; only its own loss reaches its parameters (the generated
     image's gradient is stopped), and only the generator's loss reaches the generator (it is
     scored by a copy of the discriminator with stopped parameters)."""
-    real = real.astype(jnp.float32) / (255.0 if real.dtype == jnp.uint8 else 1.0)
+    real = objectives_lib.unit_pixels(real)
     condition = jax.lax.stop_gradient(condition)
     fake = fake.reshape(real.shape)
     make = lambda **kw: Discriminator(self.adversarial[1], dtype=self.dtype, **kw)
