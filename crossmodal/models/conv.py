@@ -111,28 +111,48 @@ def _pool_windows(x: jax.Array) -> jax.Array:
   return x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
 
 
+def _window_slots(x: jax.Array) -> list[jax.Array]:
+  """The four elements of each 2x2 window, each [B, H/2, W/2, C], in row-major order."""
+  w = _pool_windows(x)
+  return [w[:, :, i, :, j] for i in range(2) for j in range(2)]
+
+
 @jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pool, stride 2, 'VALID' (an odd last row/column is dropped), as `nn.max_pool`.
 
-  The gradient goes to the elements equal to their window's maximum, written as a mask: 3x
-  faster on CPU than select_and_scatter (nn.max_pool's) or autodiff of the reshape-and-max.
-  On an exact tie every tied element gets the gradient, where nn.max_pool picks one; the
-  encoders pool after a ReLU, whose zero gradient covers the only common ties (zeros), so the
-  gradients equal nn.max_pool's there (tests/test_conv.py).
+  The gradient goes to one element per window, the first maximum in row-major order (as
+  nn.max_pool's select_and_scatter), written as a masked copy: 3x faster on CPU than
+  select_and_scatter or autodiff of the reshape-and-max. The forward pass saves which element
+  that is (`_argmax_slot`); comparing the input with its saved maximum in the backward pass
+  instead loses gradients under jit, where XLA may recompute the input inside a fusion and
+  round it differently, so that no element equals the maximum (tests/test_conv.py).
   """
-  return _pool_windows(x).max(axis=(2, 4))
+  return _max_of(_window_slots(x))
+
+
+def _max_of(slots: list[jax.Array]) -> jax.Array:
+  return jnp.maximum(jnp.maximum(slots[0], slots[1]), jnp.maximum(slots[2], slots[3]))
+
+
+def _argmax_slot(slots: list[jax.Array]) -> jax.Array:
+  """Index (int8) of the first maximum among the four window slots."""
+  best, index = slots[0], jnp.zeros(slots[0].shape, jnp.int8)
+  for k, slot in enumerate(slots[1:], start=1):
+    index = jnp.where(slot > best, jnp.int8(k), index)
+    best = jnp.maximum(best, slot)
+  return index
 
 
 def _pool_forward(x):
-  y = max_pool_2x2(x)
-  return y, (x, y)
+  slots = _window_slots(x)
+  return _max_of(slots), (_argmax_slot(slots), x.shape)
 
 
 def _pool_backward(residuals, g):
-  x, y = residuals
-  b, h, w, c = x.shape
-  hit = _pool_windows(x) == y[:, :, None, :, None, :]
+  index, (b, h, w, c) = residuals
+  slot = jnp.array([[0, 1], [2, 3]], jnp.int8).reshape(2, 1, 2, 1)  # row-major, per window
+  hit = index[:, :, None, :, None, :] == slot
   dx = jnp.where(hit, g[:, :, None, :, None, :], 0).reshape(b, h // 2 * 2, w // 2 * 2, c)
   return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
 
