@@ -92,7 +92,8 @@ def objectives_config(**weights: float) -> ml_collections.ConfigDict:
                           # (transposed convolutions, BatchNorm), hidden[0] channels
                           decoder='mlp'),
       # the generator is reconstruction's decoder (its source, target, hidden) with noise
-      adversarial=dict(weight=0.0, loss='hinge', noise_dim=32, channels=(64, 128),
+      # discriminator: conv `channels`, then a `dense`-unit layer (model.Discriminator)
+      adversarial=dict(weight=0.0, loss='hinge', noise_dim=32, channels=(64, 128), dense=256,
                        lr=2e-4, b1=0.5, b2=0.999),  # the discriminator's Adam (DCGAN's)
       generation=dict(
           weight=0.0, sources=('image',),
@@ -121,7 +122,7 @@ _RULES = {'weight': schema.at_least(0), 'temperature': schema.POSITIVE,
           'max_len': schema.int_at_least(3), 'layers': schema.int_at_least(1),
           'heads': schema.int_at_least(1), 'mlp_ratio': schema.int_at_least(1),
           'dropout': schema.FRACTION, 'noise_dim': schema.int_at_least(0),
-          'channels': schema.ints_at_least(1), 'lr': schema.POSITIVE,
+          'channels': schema.ints_at_least(1), 'dense': schema.int_at_least(1), 'lr': schema.POSITIVE,
           'b1': schema.FRACTION, 'b2': schema.FRACTION}
 
 

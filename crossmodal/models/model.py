@@ -68,13 +68,16 @@ class ConvDecoder(nn.Module):
 
 
 class Discriminator(nn.Module):
-  """(image in [0, 1] [B, H, W, C], condition [B, D]) -> logit [B]: strided convolutions
-  with leaky ReLU, summed over positions, then a linear term plus the projection of the
-  condition (Miyato and Koyama 2018, as SNGAN's conditional discriminator). Every weight is
-  spectrally normalised (SNGAN; its power-iteration vectors live in 'batch_stats'): without
-  it the logits grew to hundreds within 250 steps and the generator's hinge loss with them.
-  """
+  """(image in [0, 1] [B, H, W, C], condition [B, D]) -> logit [B]: strided convolutions with
+  leaky ReLU, flattened into a `dense`-unit leaky-ReLU layer h, then a linear term plus the
+  projection <W c, h> of the condition (Miyato and Koyama 2018). Every weight is spectrally
+  normalised (SNGAN; the power-iteration vectors live in 'batch_stats'): without it the
+  logits grew to hundreds within 250 steps. The dense layer reads the whole map (DCGAN's
+  discriminator): SNGAN's sum over positions straight into the logit, with two convolutions
+  on 28x28, judged texture and not shape, and its generators drew stroke fragments
+  (docs/results.md, "audio -> image")."""
   channels: tuple[int, ...] = (64, 128)
+  dense: int = 256
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -85,9 +88,10 @@ class Discriminator(nn.Module):
     for i, width in enumerate(self.channels):
       x = normalised(nn.Conv(width, (4, 4), strides=2, dtype=self.dtype, name=f'conv_{i}'))(x)
       x = nn.leaky_relu(x, 0.2)
-    h = x.sum(axis=(1, 2))
+    h = x.reshape(x.shape[0], -1)
+    h = nn.leaky_relu(normalised(nn.Dense(self.dense, dtype=self.dtype, name='dense'))(h), 0.2)
     logit = normalised(nn.Dense(1, dtype=self.dtype, name='linear'))(h)[:, 0]
-    projection = normalised(nn.Dense(h.shape[-1], dtype=self.dtype, name='condition'))(
+    projection = normalised(nn.Dense(self.dense, dtype=self.dtype, name='condition'))(
         condition)
     return (logit + (projection * h).sum(-1)).astype(jnp.float32)
 
@@ -104,7 +108,7 @@ class CrossModalModel(nn.Module):
   sigmoid contrastive loss's learned bias) with `logit_bias_init`; `reconstruction`
   [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths, 'mlp' or
   'conv'); with
-  `adversarial` = (noise width, discriminator channels) the decoder also reads noise (drawn
+  `adversarial` = (noise width, discriminator channels, its dense layer's width) the decoder also reads noise (drawn
   from the 'dropout' stream in training, a fixed draw per batch row otherwise) and
   `discriminator` holds the logits {real, fake, fake_for_generator} [B] (objectives.py);
   with `text_decoder` (config.objectives.generation) `generation_context` (the sources'
@@ -130,7 +134,7 @@ class CrossModalModel(nn.Module):
   logit_bias_init: float | None = None  # the sigmoid contrastive loss's learned bias
   decoder: tuple[str, str, tuple[int, ...], str] | None = None
   text_decoder: Any = None  # config.objectives.generation (frozen)
-  adversarial: tuple[int, tuple[int, ...]] | None = None
+  adversarial: tuple[int, tuple[int, ...], int] | None = None
   # Modalities whose encoder is locked (config.train.frozen): run in inference mode.
   frozen_encoders: tuple[str, ...] = ()
   # Every transformer stack's attention implementation and rematerialisation (attention.py).
@@ -258,7 +262,7 @@ class CrossModalModel(nn.Module):
     real = objectives_lib.unit_pixels(real)
     condition = jax.lax.stop_gradient(condition)
     fake = fake.reshape(real.shape)
-    make = lambda **kw: Discriminator(self.adversarial[1], dtype=self.dtype, **kw)
+    make = lambda **kw: Discriminator(*self.adversarial[1:], dtype=self.dtype, **kw)
     disc = make(name=name)
     logits = {'real': disc(real, condition, train),
               'fake': disc(jax.lax.stop_gradient(fake), condition, train)}
@@ -298,7 +302,7 @@ def objective_heads(objectives: Mapping[str, Any] | None,
   if 'adversarial' in active:
     r, a = objectives.reconstruction, objectives.adversarial
     fields.update(pooled=True, decoder=(r.source, r.target, tuple(r.hidden), r.decoder),
-                  adversarial=(int(a.noise_dim), tuple(a.channels)))
+                  adversarial=(int(a.noise_dim), tuple(a.channels), int(a.dense)))
   if 'generation' in active:
     fields['text_decoder'] = ml_collections.FrozenConfigDict(_as_mapping(objectives.generation))
   return fields
