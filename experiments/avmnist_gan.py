@@ -19,12 +19,16 @@ show the spoken digit?), e.g. from
       --workdir=runs/mnist_classifier
 and snr, subset, steps as in avmnist.py.
 
-Expected result (docs/results.md, "Generation", single runs): the GAN does not work yet. With
-this config's optimizer (Adam 1e-3) the generator saturates into binary noise within 400
-steps; with DCGAN's (--config.optim.lr=2e-4 --config.optim.b1=0.5) it collapses to one image
-(diversity 0.03 against 0.31 for real digits; the MNIST classifier reads 10% of the images
-as the spoken digit, chance). The MSE decoder (mse=1.0 --config.objectives.adversarial.weight=0)
-scores 39.89% nearest its class mean and 12.94% by the classifier.
+Expected result: not measured yet with the current discriminator (model.Discriminator,
+flattened into a dense layer since 2026-12-08). With the earlier one (SNGAN's sum over
+positions) every trial failed (docs/results.md, "Generation", single runs): with this
+config's optimizer (Adam 1e-3) the generator saturated into binary noise within 400 steps;
+with DCGAN's (--config.optim.lr=2e-4 --config.optim.b1=0.5) it collapsed to one image (the
+MNIST classifier read 10% of the images as the spoken digit, chance). The current
+discriminator with decoder=conv draws every digit when the condition is the label
+(scripts/gan_check.py: diversity 0.295, real digits 0.31). The MSE decoder (mse=1.0
+--config.objectives.adversarial.weight=0) scores 39.89% nearest its class mean and 12.94% by
+the classifier (before the max-pool gradient fix of 2026-12-08).
 """
 import os
 

@@ -52,6 +52,9 @@ sweep() {
   "$PYTHON" scripts/ablate.py "$@" --parallel="$PARALLEL" || echo "[some runs failed: see $root/results.md]"
 }
 
+# --- The max-pool gradient fix: seed 0 of two equal-trunk variants after it -----------------
+sweep --config=experiments/avmnist.py:evals=robustness --sweep=experiments/sweeps/equal_trunks.py --only=concat_full,crossattn_cut --seeds=1 --root=runs/fix_check
+
 # --- AV-MNIST: recipe calibration, the main comparison, the fusion study --------------------
 sweep --config=experiments/avmnist.py --sweep=experiments/sweeps/calibration.py --seeds=1 --root=runs/calibration
 run python -m crossmodal.main --config=experiments/avmnist.py --workdir=runs/main/image_audio
@@ -83,6 +86,7 @@ run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,clas
 run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier,mse=1.0,loss=hinge --workdir=runs/gan_trials/hinge_plus_mse_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
 run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier,loss=non_saturating --workdir=runs/gan_trials/non_saturating_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
 run python -m crossmodal.main --config=experiments/avmnist_gan.py:steps=600,classifier=runs/mnist_classifier,decoder=conv --workdir=runs/gan_trials/conv_hinge_dcgan_optimizer "${DCGAN_OPTIMIZER[@]}"
+run python scripts/gan_check.py --generator=conv --loss=hinge --steps=1000 --out=runs/gan_check/conv_hinge.png
 
 # --- robustness (evaluations of the fusion sweep's seed-0 checkpoints) -----------------------
 for f in late concat crossattn bottleneck; do
