@@ -82,35 +82,70 @@ def random_batches(batch_size: int, count: int, seed: int = 0) -> list[dict[str,
 # ----------------------------------------------------------------------------- JAX training
 
 
-def sgd_config(fusion: str = 'concat'):
-  """experiments/avmnist.py's model with MultiBench's optimizer (SGD, momentum 0.9)."""
+def sgd_config(fusion: str = 'concat', dropout: float | None = None):
+  """experiments/avmnist.py's model with MultiBench's optimizer (SGD, momentum 0.9, constant
+  lr 0.01, no weight decay); `dropout` overrides the fusion's (crossattn: 0.1; concat has none).
+  """
   config = config_utils.load_config_file(f'{AVMNIST}:fusion={fusion}')
   config.optim = optim.optim_config(name='sgd', lr=0.01, momentum=0.9,
-                                           schedule='constant', weight_decay=0.0)
+                                    schedule='constant', weight_decay=0.0)
+  if dropout is not None and 'dropout' in config.model.fusion:
+    config.model.fusion.dropout = dropout
   return config
 
 
-def jax_train_fn(config, batch: dict[str, np.ndarray], num_classes: int = 10):
-  """(step() -> blocks, compiled step, state) for one device, as the training loop builds it."""
-  model = train.build_model(config, num_classes, axis_name=None)
-  tx = optim.make_optimizer(config.optim, 1000)
-  state = jax.jit(train.make_init_fn(model, tx, batch))(jax.random.PRNGKey(0))
-  step = jax.jit(train.make_train_step(model, tx, None, objectives=config.get('objectives')),
-                 donate_argnums=(0,))
-  device_batch = jax.device_put(batch)
-  holder = {'state': state}
+class JaxTrainer:
+  """crossmodal's training step (train.make_train_step on one device, donated state) that
+  returns only the loss: the step's other metrics (accuracy, grad norm) are then dead code
+  XLA removes, and the PyTorch step computes no metric either.
 
-  def run():
-    holder['state'], metrics = step(holder['state'], device_batch)
-    metrics['loss'].block_until_ready()
-  return run, step, state, device_batch
+  variables: {'params', 'batch_stats'} to start from (else the init of PRNGKey(seed)).
+  """
+
+  def __init__(self, config, example_batch: dict[str, np.ndarray], variables=None,
+               seed: int = 0, num_classes: int = 10):
+    model = train.build_model(config, num_classes, axis_name=None)
+    tx = optim.make_optimizer(config.optim, 1000)
+    state = jax.jit(train.make_init_fn(model, tx, example_batch))(jax.random.PRNGKey(seed))
+    if variables is not None:
+      state = state.replace(params=jax.tree.map(jnp.asarray, variables['params']),
+                            batch_stats=jax.tree.map(jnp.asarray, variables['batch_stats']))
+    self.state = state
+    full_step = train.make_train_step(model, tx, None, objectives=config.get('objectives'))
+
+    def step(state, batch):
+      state, metrics = full_step(state, batch)
+      return state, metrics['loss']
+    self.step_fn = jax.jit(step, donate_argnums=(0,))
+
+  def variables(self) -> dict[str, Any]:
+    return {'params': self.state.params, 'batch_stats': self.state.batch_stats}
+
+  def step(self, device_batch) -> jax.Array:
+    """One step, dispatched asynchronously (as the training loop on one device)."""
+    self.state, loss = self.step_fn(self.state, device_batch)
+    return loss
+
+  def flops(self, device_batch) -> float:
+    """FLOPs of one compiled step, from XLA's cost analysis."""
+    return compiled_flops(self.step_fn, self.state, device_batch)
 
 
-def train_throughput_jax(config, batch_size: int, sizes: Sizes) -> dict[str, float]:
-  batch = random_batches(batch_size, 1)[0]
-  run, *_ = jax_train_fn(config, batch)
-  seconds = timed(run, sizes.steps, sizes.repeats)
-  return {'examples_per_sec': batch_size / float(np.median(seconds))}
+def compiled_flops(fn, *args) -> float:
+  cost = fn.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan')))
+
+
+def jax_loss_trajectory(fusion: str, batches: Sequence[dict[str, np.ndarray]], steps: int
+                        ) -> tuple[list[float], dict[str, Any]]:
+  """Losses of `steps` SGD steps without dropout cycling through `batches`, and the initial
+  variables (numpy) they started from."""
+  trainer = JaxTrainer(sgd_config(fusion, dropout=0.0), batches[0])
+  variables = jax.tree.map(np.asarray, trainer.variables())
+  device_batches = [jax.device_put(b) for b in batches]
+  losses = [trainer.step(device_batches[i % len(batches)]) for i in range(steps)]
+  return [float(l) for l in losses], variables
 
 
 # (row label, fusion): the models issue 6 compares with PyTorch; scripts/torch_reference.py

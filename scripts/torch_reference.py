@@ -29,12 +29,15 @@ crossattn (`experiments/avmnist.py:fusion=crossattn`, MulT-style; AVMnistCrossAt
   Each LeNet stops at its token stage and has no 'pool_proj', as the JAX encoders under an
   attention fusion (nothing would read the later stages).
 
-It uses PyTorch's native NCHW layout and runs eagerly (no torch.compile), as MultiBench does.
-Only constants come from crossmodal (the mel filterbank, the window, the feature options, the
+`Trainer` runs either model in any of VARIANTS: eager or `torch.compile`d (inductor; the
+forward pass and the loss, so AOTAutograd compiles the backward too), in NCHW or channels_last
+memory format, with SGD + momentum `fused=True` where the device supports it (CPU and CUDA in
+torch 2.13), else `foreach=True` (the trainer says which it got). MultiBench itself is eager
+NCHW with the per-parameter loop. Only constants come from crossmodal (the mel filterbank, the window, the feature options, the
 spectrogram statistics and the crossattn config's sizes), so both models see identical inputs;
 the arithmetic is torch's. A config switch this module does not implement is an error.
 
-  python scripts/torch_reference.py   # param counts, featurization and logits diffs, 5 steps
+  python scripts/torch_reference.py   # param counts, featurization, logits and loss diffs
 
 Needs `pip install torch==2.13.0` (the optional `bench` extra).
 """
@@ -168,13 +171,16 @@ class LeNet(nn.Module):
 
 
 def _image_input(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-  """encoders._image_to_float: uint8 [B,H,W,1] -> [0, 1] -> (x - mean) / std, NCHW."""
-  return (image.permute(0, 3, 1, 2).float() / 255.0 - model.image_mean) / model.image_std
+  """encoders._image_to_float: uint8 [B,H,W,1] -> [0, 1] -> (x - mean) / std, NCHW shape in
+  the model's memory format."""
+  x = (image.permute(0, 3, 1, 2).float() / 255.0 - model.image_mean) / model.image_std
+  return x.contiguous(memory_format=model.memory_format)
 
 
 def _audio_input(model: nn.Module, audio: torch.Tensor) -> torch.Tensor:
   """encoders._spectrogram: [B, frames, n_mels] standardised, as a 1-channel image."""
-  return ((model.log_mel(audio) - model.spec_mean) / model.spec_std).unsqueeze(1)
+  x = ((model.log_mel(audio) - model.spec_mean) / model.spec_std).unsqueeze(1)
+  return x.contiguous(memory_format=model.memory_format)
 
 
 class AVMnistConcatTorch(nn.Module):
@@ -190,6 +196,7 @@ class AVMnistConcatTorch(nn.Module):
     self.log_mel = LogMel(a.features)
     self.spec_mean, self.spec_std = float(a.spec_mean), float(a.spec_std)
     self.image_mean, self.image_std = image_mean, image_std  # ImageLeNet: no normalisation
+    self.memory_format = torch.contiguous_format  # of the conv inputs (Trainer may change it)
     self.image = LeNet(6, 3, (1, 1), dim)  # 28x28 -> 14 -> 7 -> 3 -> 1
     self.audio = LeNet(int(a.base_channels), int(a.extra_layers), (1, 1), dim)  # 101x64 -> 1x1
     self.hidden = nn.Linear(2 * dim, hidden)
@@ -341,6 +348,7 @@ class AVMnistCrossAttnTorch(nn.Module):
     self.log_mel = LogMel(a.features)
     self.spec_mean, self.spec_std = float(a.spec_mean), float(a.spec_std)
     self.image_mean, self.image_std = image_mean, image_std
+    self.memory_format = torch.contiguous_format
     self.image = LeNet(6, 3, (1, 1), dim, token_stage=image_token_stage)
     self.audio = LeNet(int(a.base_channels), int(a.extra_layers), (1, 1), dim,
                        token_stage=audio_token_stage)
@@ -545,68 +553,85 @@ def logits_max_abs_diff(batch: Mapping[str, np.ndarray], seed: int = 0,
   return float(np.max(np.abs(np.asarray(ours) - theirs)))
 
 
-def _to_torch(batch: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
-  return (torch.from_numpy(np.ascontiguousarray(batch['image'])),
-          torch.from_numpy(np.ascontiguousarray(batch['audio'], dtype=np.float32)),
-          torch.from_numpy(np.asarray(batch['label'], np.int64)))  # cross_entropy wants int64
+def _to_torch(batch: Mapping[str, np.ndarray], device: Any = 'cpu') -> tuple[torch.Tensor, ...]:
+  return (torch.from_numpy(np.ascontiguousarray(batch['image'])).to(device),
+          torch.from_numpy(np.ascontiguousarray(batch['audio'], dtype=np.float32)).to(device),
+          torch.from_numpy(np.asarray(batch['label'], np.int64)).to(device))  # int64 for CE
 
 
-def train_throughput(batches: Sequence[Mapping[str, np.ndarray]], steps: int, threads: int,
-                     lr: float = 0.01, momentum: float = 0.9, warmup: int = 3,
-                     repeats: int = 3, seed: int = 0, fusion: str = 'concat'
-                     ) -> dict[str, Any]:
-  """Trains the torch model of `fusion` (torch_model) with SGD + momentum and softmax
-  cross-entropy (mean over the batch, as crossmodal.train) cycling through `batches`, and
-  times it.
+# (compiled, channels_last) per variant: what "PyTorch at its best" may mean on a CPU or GPU.
+VARIANTS = {'eager': (False, False), 'eager+channels_last': (False, True),
+            'compile': (True, False), 'compile+channels_last': (True, True)}
 
-  Batches are converted to tensors before timing (our side likewise trains on batches already
-  in memory), `warmup` steps are excluded, and `repeats` blocks of `steps` steps are timed;
-  a block ends with loss.item(), so all its work has finished. The global torch thread count
-  is restored afterwards.
-  Returns examples_per_sec_median / _all, batch_size, threads, torch_version, final_loss,
-  fusion.
-  """
-  if not batches or steps < 1 or repeats < 1 or warmup < 0:
-    raise ValueError(f'train_throughput: need batches, steps >= 1, repeats >= 1, warmup >= 0; '
-                     f'got {len(batches)} batches, steps={steps}, repeats={repeats}, '
-                     f'warmup={warmup}')
-  sizes = {len(b['label']) for b in batches}
-  if len(sizes) != 1:
-    raise ValueError(f'train_throughput: batches must share one batch size, got {sorted(sizes)}')
-  batch_size = sizes.pop()
-  previous_threads = torch.get_num_threads()
-  torch.set_num_threads(threads)
+
+def default_device() -> str:
+  return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def sgd(params: Sequence[torch.Tensor], lr: float, momentum: float
+        ) -> tuple[torch.optim.Optimizer, str]:
+  """SGD + momentum (torch's form equals optax.sgd's trace: buf = m * buf + g, p -= lr * buf),
+  fused into one kernel where the device supports it, else the multi-tensor path; returns the
+  optimizer and which implementation it is."""
+  params = list(params)
   try:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True), 'SGD(fused=True)'
+  except RuntimeError:  # fused kernels unsupported on this device
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, foreach=True), 'SGD(foreach=True)'
+
+
+class Trainer:
+  """One training step of the torch twin of experiments/avmnist.py:fusion=<fusion> in one
+  variant: softmax cross-entropy (mean over the batch, as crossmodal.train) and SGD.
+
+  variables: our Flax {'params', 'batch_stats'} to start from (load_jax_params), so the loss
+  trajectory can be compared with the JAX model's; model_config: the crossattn config.model
+  (e.g. with fusion.dropout = 0). torch.compile happens on the first step.
+  """
+
+  def __init__(self, fusion: str = 'concat', variant: str = 'eager', device: str | None = None,
+               variables: Mapping[str, Any] | None = None, model_config: Any = None,
+               lr: float = 0.01, momentum: float = 0.9, seed: int = 0):
+    if variant not in VARIANTS:
+      raise ValueError(f'Trainer: variant={variant!r}; valid: {tuple(VARIANTS)}')
+    compiled, channels_last = VARIANTS[variant]
+    self.device = torch.device(device or default_device())
     torch.manual_seed(seed)
-    model = torch_model(fusion).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    data = [_to_torch(b) for b in batches]
-    step_count = 0
+    model = torch_model(fusion, model_config)
+    if variables is not None:
+      load_jax_params(model, variables['params'], variables.get('batch_stats'))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.memory_format = memory_format
+    self.model = model.to(device=self.device, memory_format=memory_format).train()
+    self.optimizer, optimizer_name = sgd(self.model.parameters(), lr, momentum)
 
-    def step() -> torch.Tensor:
-      nonlocal step_count
-      image, audio, label = data[step_count % len(data)]
-      step_count += 1
-      optimizer.zero_grad(set_to_none=True)
-      loss = F.cross_entropy(model(image, audio), label)
-      loss.backward()
-      optimizer.step()
-      return loss
+    def loss_fn(image, audio, label):
+      return F.cross_entropy(self.model(image, audio), label)
+    self.loss_fn = torch.compile(loss_fn, dynamic=False) if compiled else loss_fn
+    self.settings = {'variant': variant, 'device': str(self.device),
+                     'optimizer': optimizer_name, 'torch_version': torch.__version__,
+                     'threads': torch.get_num_threads(),
+                     'interop_threads': torch.get_num_interop_threads()}
 
-    for _ in range(warmup):
-      loss = step()
-    rates = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      for _ in range(steps):
-        loss = step()
-      final_loss = loss.item()
-      rates.append(steps * batch_size / (time.perf_counter() - start))
-  finally:
-    torch.set_num_threads(previous_threads)
-  return {'examples_per_sec_median': statistics.median(rates), 'examples_per_sec_all': rates,
-          'batch_size': batch_size, 'threads': threads, 'torch_version': torch.__version__,
-          'final_loss': final_loss, 'fusion': fusion}
+  def batch(self, batch: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """A numpy batch as device tensors (converted once, before timing)."""
+    return _to_torch(batch, self.device)
+
+  def step(self, image: torch.Tensor, audio: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """One SGD step; returns the loss (detached: reading it is the caller's sync point)."""
+    self.optimizer.zero_grad(set_to_none=True)
+    loss = self.loss_fn(image, audio, label)
+    loss.backward()
+    self.optimizer.step()
+    return loss.detach()
+
+
+def loss_trajectory(trainer: Trainer, batches: Sequence[Mapping[str, np.ndarray]],
+                    steps: int) -> list[float]:
+  """Losses of `steps` SGD steps cycling through `batches` in order."""
+  data = [trainer.batch(b) for b in batches]
+  losses = [trainer.step(*data[i % len(data)]) for i in range(steps)]
+  return [float(l) for l in losses]
 
 
 def _random_batches(num: int, batch_size: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
