@@ -37,7 +37,7 @@ NCHW with the per-parameter loop. Only constants come from crossmodal (the mel f
 spectrogram statistics and the crossattn config's sizes), so both models see identical inputs;
 the arithmetic is torch's. A config switch this module does not implement is an error.
 
-  python scripts/torch_reference.py   # param counts, featurization, logits and loss diffs
+  python scripts/torch_reference.py   # param counts, featurization and logits diffs
 
 Needs `pip install torch==2.13.0` (the optional `bench` extra).
 """
@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import statistics
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -658,11 +656,6 @@ def main() -> None:
       diff = logits_max_abs_diff(batches[0], fusion=fusion, train=train)
       print(f'{fusion}: logits max |torch - jax|, same weights, '
             f'{"train mode, no dropout" if train else "eval mode"}: {diff:.2e}')
-    # One thread: on a shared 2-core CPU, 2 OpenMP threads stall whenever another job runs.
-    result = train_throughput(batches, steps=5, threads=1, warmup=1, repeats=1, fusion=fusion)
-    print(f'{fusion}: torch {result["torch_version"]}, batch {result["batch_size"]}, '
-          f'threads={result["threads"]}: {result["examples_per_sec_median"]:.1f} examples/s '
-          f'(loss {result["final_loss"]:.3f})')
   if unequal:
     raise SystemExit(f'parameter counts differ: {unequal}')
 
