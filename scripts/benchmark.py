@@ -64,15 +64,19 @@ class Sizes:
   pipeline_steps: int = 40
   scaling_tokens: tuple[int, ...] = (16, 64, 256)
   scaling_batches: tuple[int, ...] = (32, 128)
-  transformer: str = 'small'  # experiments/base.py size for the utilisation section
+  utilisation_fusions: tuple[str, ...] = ('concat', 'crossattn')  # LeNet models measured
+  transformer: str | None = 'small'  # experiments/base.py size for utilisation (None: skip)
 
 
 QUICK = Sizes(batch_sizes=(40,), steps=8, repeats=3, rounds=2, clips=200, feature_passes=1,
               matmul=1024, pipeline_steps=16, scaling_tokens=(16, 64), scaling_batches=(32,))
+# The smallest run (tests/test_benchmark.py): crossattn vs eager PyTorch; utilisation of concat
+# alone, the model that compiles fastest, and no transformer (tests/test_experiments.py trains
+# base.py size=tiny; the section treats it as any other config).
 TINY = Sizes(batch_sizes=(8,), steps=2, repeats=2, launches=1, rounds=2, fusions=('crossattn',),
              torch_variants=('eager', 'eager+channels_last'), parity_steps=3, clips=8,
              feature_passes=1, matmul=128, pipeline_steps=4, scaling_tokens=(8,),
-             scaling_batches=(4,), transformer='tiny')
+             scaling_batches=(4,), utilisation_fusions=('concat',), transformer=None)
 
 
 def timed(fn: Callable[[], Any], steps: int, repeats: int) -> list[float]:
@@ -477,10 +481,12 @@ def section_utilisation(sizes: Sizes) -> list[str]:
   peaks = [peak_matmul_flops(sizes.matmul, sizes)]
   b = max(sizes.batch_sizes)
   cases = [(fusion, sgd_config(fusion), random_batches(b, 1)[0])
-           for fusion in ('concat', 'crossattn')]
-  cases.append(transformer_case(sizes.transformer))
+           for fusion in sizes.utilisation_fusions]
+  if sizes.transformer is not None:
+    cases.append(transformer_case(sizes.transformer))
   measured, split = [], []
   for i, (label, config, batch) in enumerate(cases):
+    lenet = i < len(sizes.utilisation_fusions)
     trainer = JaxTrainer(config, batch)
     device_batch = jax.device_put(batch)
     step_flops = trainer.compile(device_batch)
@@ -489,12 +495,12 @@ def section_utilisation(sizes: Sizes) -> list[str]:
                   else JaxTrainer(deterministic, batch).compile(device_batch))
     featurize = featurization_flops(config, batch)
     model_flops = no_dropout - featurize
-    if i < 2:  # the LeNet models: where the FLOPs go
+    if lenet:  # where the FLOPs go
       encoders = encoder_flops(config, trainer.variables(), batch) - featurize
       split.append(f'| {label} | {encoders / 1e9:.2f} ({100 * encoders / model_flops:.0f}%) | '
                    f'{(model_flops - encoders) / 1e9:.2f} '
                    f'({100 * (model_flops - encoders) / model_flops:.0f}%) |')
-    steps = sizes.steps if i < 2 else max(2, sizes.steps // 4)  # a transformer step takes seconds
+    steps = sizes.steps if lenet else max(2, sizes.steps // 4)  # a transformer step takes seconds
 
     def run(trainer=trainer, device_batch=device_batch):
       trainer.step(device_batch).block_until_ready()
