@@ -1,18 +1,25 @@
 r"""Benchmarks: training speed vs PyTorch, hardware utilisation, featurization, input pipeline,
 start-up and memory, and how the cross-attention block scales.
 
-  python scripts/benchmark.py --quick                 # about 15 min on a 2-core CPU
-  python scripts/benchmark.py --out=docs/performance.md   # the full run
+  python scripts/benchmark.py --out=perf.md   # the full run
+  python scripts/benchmark.py --quick         # smaller sizes
+  python scripts/benchmark.py --tiny          # smallest sizes, eager PyTorch only (the tests)
+
+Durations of this harness are unmeasured except --tiny (2.2 min on a 2-core CPU beside a job);
+--quick and the full run take longer (docs/performance.md's 28 min is from the earlier
+in-process version). Run on a quiet machine: on a busy one PyTorch's OpenMP threads slow down
+far more than JAX's (a 2-thread eager step took 60x longer than a 1-thread one).
 
 The comparisons with another framework (PyTorch training, librosa featurization) run each
-side in its own process (scripts/bench_worker.py), pinned to the same cores, and alternate
-timed rounds between them over several fresh launches; they report the median of the
-per-round ratios and its range, so that the machine's drift lands on both sides of each
-ratio. PyTorch is tried in every variant of torch_reference.VARIANTS (eager / torch.compile,
-NCHW / channels_last, fused SGD), each first checked for the JAX model's loss trajectory,
-and runs on CUDA when there is one; a ratio between different kinds of device is refused.
+side in its own process (scripts/bench_worker.py), pinned to the same cores (`--cores`, one
+compute thread per core), and alternate timed rounds between them over several fresh
+launches; they report the median of the per-round ratios and its range, so that the machine's
+drift lands on both sides of each ratio. PyTorch is tried in every variant of
+torch_reference.VARIANTS (eager / torch.compile, NCHW / channels_last, fused SGD), each first
+checked in this process for the JAX model's loss trajectory (same weights and batches, dropout
+off), and runs on CUDA when there is one; a ratio between different kinds of device is refused.
 Other sections time in this process: warm-up (compilation) excluded, the median of
-`--repeats` timed blocks. Sections that cannot run here (no PyTorch installed, no FSDD
+`Sizes.repeats` timed blocks. Sections that cannot run here (no PyTorch installed, no FSDD
 sources, AV-MNIST not prepared) say so in the table instead of a number.
 """
 from __future__ import annotations
@@ -906,9 +913,11 @@ SECTIONS = ('torch', 'utilisation', 'features', 'pipeline', 'startup', 'scaling'
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--quick', action='store_true', help='smaller sizes, a few minutes on a CPU')
-  p.add_argument('--tiny', action='store_true', help='smallest sizes (tests)')
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--quick', action='store_true', help='smaller sizes (duration unmeasured)')
+  p.add_argument('--tiny', action='store_true',
+                 help='smallest sizes, eager PyTorch only (what the tests run; minutes)')
   p.add_argument('--sections', default=','.join(SECTIONS), help=f'subset of {SECTIONS}')
   p.add_argument('--out', default=None, help='also write the Markdown report here')
   p.add_argument('--cores', default=None,
