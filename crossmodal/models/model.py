@@ -73,9 +73,9 @@ class Discriminator(nn.Module):
   projection <W c, h> of the condition (Miyato and Koyama 2018). Every weight is spectrally
   normalised (SNGAN; the power-iteration vectors live in 'batch_stats'): without it the
   logits grew to hundreds within 250 steps. The dense layer reads the whole map (DCGAN's
-  discriminator): SNGAN's sum over positions straight into the logit, with two convolutions
-  on 28x28, judged texture and not shape, and its generators drew stroke fragments
-  (docs/results.md, "audio -> image")."""
+  discriminator): with SNGAN's sum over positions straight into the logit after two
+  convolutions on 28x28, the generators drew stroke fragments, not digits, even with the
+  label as the condition (scripts/gan_check.py; docs/results.md, "audio -> image")."""
   channels: tuple[int, ...] = (64, 128)
   dense: int = 256
   dtype: Any = jnp.float32
@@ -107,10 +107,9 @@ class CrossModalModel(nn.Module):
   (the learned inverse temperature, clipped) with `logit_scale_init`; `logit_bias` (the
   sigmoid contrastive loss's learned bias) with `logit_bias_init`; `reconstruction`
   [B, *target shape] in [0, 1] with `decoder` = (source, target, hidden widths, 'mlp' or
-  'conv'); with
-  `adversarial` = (noise width, discriminator channels, its dense layer's width) the decoder also reads noise (drawn
-  from the 'dropout' stream in training, a fixed draw per batch row otherwise) and
-  `discriminator` holds the logits {real, fake, fake_for_generator} [B] (objectives.py);
+  'conv'); with `adversarial` = (noise width, discriminator channels, its dense layer's
+  width) the decoder also reads noise (drawn from the 'dropout' stream in training, a fixed
+  draw per batch row otherwise) and `discriminator` holds the logits {real, fake, fake_for_generator} [B] (objectives.py);
   with `text_decoder` (config.objectives.generation) `generation_context` (the sources'
   tokens and masks the decoder reads, a missing modality's masked out) and, when the batch
   holds the target, `generation_logits` [B, L-1, V] (teacher forcing).
